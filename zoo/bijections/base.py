@@ -1,0 +1,216 @@
+"""The bijection contract and the combinators every family builds on.
+
+A `Bijection` acts on ONE unbatched example (batch with `jax.vmap`).
+`forward` is the normalizing direction (data -> base space) and returns
+`(y, logdet)` with `logdet = log|det dy/dx|` a scalar; `inverse` returns
+`(x, logdet)` with `logdet = log|det dx/dy|` (so it is minus the forward one).
+"""
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+__all__ = ["Bijection", "Chain", "Scan", "Invert", "Identity", "data_init", "stack"]
+
+
+class Bijection(eqx.Module):
+    """Abstract invertible map with a tractable log-determinant."""
+
+    @abc.abstractmethod
+    def forward(self, x: Array) -> tuple[Array, Array]:
+        """Data -> base direction. Returns `(y, log|det dy/dx|)`."""
+
+    @abc.abstractmethod
+    def inverse(self, y: Array) -> tuple[Array, Array]:
+        """Base -> data direction. Returns `(x, log|det dx/dy|)`."""
+
+    def data_init(self, xs: Array) -> tuple["Bijection", Array]:
+        """Data-dependent initialisation on a batch `xs` (leading batch axis).
+
+        Returns the initialised bijection and its forward outputs on `xs`, so
+        containers can initialise the next layer on what this one produces.
+        Pure: run it under `jit` on the global (sharded) batch and the
+        statistics are global. Layers without data-dependent state keep the
+        default, which changes nothing.
+        """
+        return self, jax.vmap(self.forward)(xs)[0]
+
+
+def data_init(model: Any, batch: Array) -> Any:
+    """Return `model` with every data-dependent layer (e.g. ActNorm) initialised
+    from `batch` (leading batch axis). Models without such layers come back
+    unchanged."""
+    if hasattr(model, "data_init"):
+        return model.data_init(batch)[0]
+    return model
+
+
+class Identity(Bijection):
+    def forward(self, x):
+        return x, jnp.zeros((), x.dtype)
+
+    def inverse(self, y):
+        return y, jnp.zeros((), y.dtype)
+
+
+class Invert(Bijection):
+    """Swap the two directions of a bijection."""
+
+    bijection: Bijection
+
+    def forward(self, x):
+        return self.bijection.inverse(x)
+
+    def inverse(self, y):
+        return self.bijection.forward(y)
+
+    def data_init(self, xs):
+        # An inverted layer has no forward-direction statistics to fit.
+        return self, jax.vmap(self.forward)(xs)[0]
+
+
+def _signature(layer) -> tuple:
+    """What must match for two layers to share one scanned body: the static
+    structure, and the shape/dtype of every array."""
+    arrays, static = eqx.partition(layer, eqx.is_array)
+    leaves, treedef = jax.tree.flatten(arrays)
+    static_leaves, static_def = jax.tree.flatten(static)
+    try:
+        hash(tuple(static_leaves))
+        static_key = tuple(static_leaves)
+    except TypeError:  # unhashable static leaf: compare by identity
+        static_key = tuple(id(s) for s in static_leaves)
+    return (treedef, static_def, static_key, tuple((a.shape, a.dtype) for a in leaves))
+
+
+def stack(layers: Sequence[Bijection]) -> "Scan":
+    """Stack structurally identical layers into one `Scan`."""
+    layers = list(layers)
+    sig = _signature(layers[0])
+    for i, layer in enumerate(layers[1:], 1):
+        if _signature(layer) != sig:
+            raise ValueError(
+                f"stack: layer {i} ({type(layer).__name__}) differs in structure or "
+                f"array shapes from layer 0 ({type(layers[0]).__name__})"
+            )
+    arrays = [eqx.filter(layer, eqx.is_array) for layer in layers]
+    static = eqx.filter(layers[0], eqx.is_array, inverse=True)
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *arrays)
+    return Scan(eqx.combine(stacked, static), len(layers))
+
+
+class Scan(Bijection):
+    """`length` identical layers whose arrays are stacked on a leading axis,
+    run with `jax.lax.scan` so compile time does not grow with depth.
+
+    Build one with `stack(layers)`, or with `eqx.filter_vmap` over keys:
+    `Scan(eqx.filter_vmap(make)(jax.random.split(key, n)), n)`.
+    """
+
+    stacked: Bijection
+    length: int = eqx.field(static=True)
+
+    def _split(self):
+        return eqx.partition(self.stacked, eqx.is_array)
+
+    def _run(self, x, direction: str, reverse: bool):
+        params, static = self._split()
+
+        def body(carry, p):
+            h, total = carry
+            h, ld = getattr(eqx.combine(p, static), direction)(h)
+            return (h, total + ld), None
+
+        (y, logdet), _ = jax.lax.scan(
+            body, (x, jnp.zeros((), x.dtype)), params, reverse=reverse
+        )
+        return y, logdet
+
+    def forward(self, x):
+        return self._run(x, "forward", reverse=False)
+
+    def inverse(self, y):
+        return self._run(y, "inverse", reverse=True)
+
+    def layer(self, i: int) -> Bijection:
+        """The `i`-th layer as a plain module."""
+        params, static = self._split()
+        return eqx.combine(jax.tree.map(lambda a: a[i], params), static)
+
+    def data_init(self, xs):
+        params, static = self._split()
+
+        def body(h, p):
+            new_layer, h = eqx.combine(p, static).data_init(h)
+            return h, eqx.filter(new_layer, eqx.is_array)
+
+        ys, new_params = jax.lax.scan(body, xs, params)
+        return Scan(eqx.combine(new_params, static), self.length), ys
+
+
+def _group(layers: list[Bijection], max_period: int = 8) -> list[Bijection]:
+    """Replace runs of a repeated block of layers (A B A B ...) by a `Scan`
+    over the block, greedily taking the block that covers the most layers."""
+    sigs = [_signature(layer) for layer in layers]
+    out, i, n = [], 0, len(layers)
+    while i < n:
+        best_p, best_r = 1, 1
+        for p in range(1, min(max_period, (n - i) // 2) + 1):
+            r = 1
+            while i + (r + 1) * p <= n and sigs[i + r * p : i + (r + 1) * p] == sigs[i : i + p]:
+                r += 1
+            if r >= 2 and r * p > best_r * best_p:
+                best_p, best_r = p, r
+        if best_r >= 2:
+            blocks = [layers[i + k * best_p : i + (k + 1) * best_p] for k in range(best_r)]
+            blocks = [b[0] if best_p == 1 else Chain(b, scan=False) for b in blocks]
+            out.append(stack(blocks))
+            i += best_p * best_r
+        else:
+            out.append(layers[i])
+            i += 1
+    return out
+
+
+class Chain(Bijection):
+    """Apply `bijections` in order (forward) and in reverse order (inverse).
+
+    Runs of structurally identical layers, or of an identical repeated block
+    of layers, are stacked and scanned automatically (`scan=True`), so a
+    32-layer chain compiles about as fast as a 4-layer one.
+    """
+
+    layers: tuple[Bijection, ...]
+
+    def __init__(self, bijections: Sequence[Bijection], *, scan: bool = True):
+        bijections = list(bijections)
+        for i, b in enumerate(bijections):
+            if not isinstance(b, Bijection):
+                raise TypeError(f"Chain: element {i} is a {type(b).__name__}, not a Bijection")
+        self.layers = tuple(_group(bijections) if scan and len(bijections) > 1 else bijections)
+
+    def forward(self, x):
+        total = jnp.zeros((), x.dtype)
+        for layer in self.layers:
+            x, ld = layer.forward(x)
+            total = total + ld
+        return x, total
+
+    def inverse(self, y):
+        total = jnp.zeros((), y.dtype)
+        for layer in reversed(self.layers):
+            y, ld = layer.inverse(y)
+            total = total + ld
+        return y, total
+
+    def data_init(self, xs):
+        new = []
+        for layer in self.layers:
+            layer, xs = layer.data_init(xs)
+            new.append(layer)
+        return eqx.tree_at(lambda c: c.layers, self, tuple(new)), xs

@@ -1,0 +1,178 @@
+"""Coupling layers: split axis 0, transform the second part conditioned on the first.
+
+The conditioner is any `eqx.Module` mapping the first part `x1` (shape
+`(d1, *rest)`) to the transform's parameters (shape `(n * d2, *rest)`).
+Vectors get an MLP by default and C x H x W images Glow's conv net; both end
+in a zero-initialised layer, so every coupling starts as a fixed map.
+"""
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from zoo.bijections.base import Bijection
+from zoo.bijections.spline import IDENTITY_DERIVATIVE, num_spline_params, rq_spline
+
+__all__ = [
+    "AffineCoupling",
+    "AdditiveCoupling",
+    "SplineCoupling",
+    "MLPConditioner",
+    "ConvConditioner",
+    "default_conditioner",
+]
+
+
+class MLPConditioner(eqx.Module):
+    """MLP for vector couplings; its last layer starts at zero."""
+
+    mlp: eqx.nn.MLP
+
+    def __init__(self, in_size, out_size, *, width=64, depth=2, key):
+        mlp = eqx.nn.MLP(in_size, out_size, width, depth, activation=jax.nn.relu, key=key)
+        last = mlp.layers[-1]
+        mlp = eqx.tree_at(
+            lambda m: (m.layers[-1].weight, m.layers[-1].bias),
+            mlp,
+            (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)),
+        )
+        self.mlp = mlp
+
+    def __call__(self, x):
+        return self.mlp(x)
+
+
+class ConvConditioner(eqx.Module):
+    """Glow's coupling network: 3x3 conv -> ReLU -> 1x1 conv -> ReLU -> zero-initialised 3x3 conv."""
+
+    conv_in: eqx.nn.Conv2d
+    conv_mid: eqx.nn.Conv2d
+    conv_out: eqx.nn.Conv2d
+
+    def __init__(self, in_channels, out_channels, *, width=64, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.conv_in = eqx.nn.Conv2d(in_channels, width, 3, padding=1, key=k1)
+        self.conv_mid = eqx.nn.Conv2d(width, width, 1, key=k2)
+        out = eqx.nn.Conv2d(width, out_channels, 3, padding=1, key=k3)
+        self.conv_out = eqx.tree_at(
+            lambda c: (c.weight, c.bias), out, (jnp.zeros_like(out.weight), jnp.zeros_like(out.bias))
+        )
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.conv_in(x))
+        h = jax.nn.relu(self.conv_mid(h))
+        return self.conv_out(h)
+
+
+def default_conditioner(shape, split, out_per_element, *, width, depth, key):
+    """MLP for 1-D `shape`, Glow conv net for 3-D (C, H, W)."""
+    d1, d2 = split, shape[0] - split
+    if len(shape) == 1:
+        return MLPConditioner(d1, d2 * out_per_element, width=width, depth=depth, key=key)
+    if len(shape) == 3:
+        return ConvConditioner(d1, d2 * out_per_element, width=width, key=key)
+    raise ValueError(f"no default conditioner for event shape {shape}; pass `conditioner=`")
+
+
+def _check_split(shape, split):
+    d = shape[0]
+    split = d // 2 if split is None else split
+    if not 0 < split < d:
+        raise ValueError(f"coupling: split {split} must be in (0, {d}) for shape {shape}")
+    return split
+
+
+class _Coupling(Bijection):
+    conditioner: eqx.Module
+    split: int = eqx.field(static=True)
+
+    def _params(self, x1, n):
+        h = self.conditioner(x1)
+        d2 = h.shape[0] // n
+        return h.reshape((n, d2) + h.shape[1:])
+
+    def forward(self, x):
+        x1, x2 = x[: self.split], x[self.split :]
+        y2, logdet = self._transform(x2, self._params(x1, self.n_params), inverse=False)
+        return jnp.concatenate([x1, y2], axis=0), logdet
+
+    def inverse(self, y):
+        y1, y2 = y[: self.split], y[self.split :]
+        x2, logdet = self._transform(y2, self._params(y1, self.n_params), inverse=True)
+        return jnp.concatenate([y1, x2], axis=0), logdet
+
+
+def _scale(h, kind):
+    if kind == "sigmoid":  # Glow: bounded, starts near 0.88
+        return jax.nn.log_sigmoid(h + 2.0)
+    if kind == "exp":  # RealNVP: exp of a soft-clamped log-scale
+        return 3.0 * jnp.tanh(h / 3.0)
+    raise ValueError(f"unknown scale {kind!r}; use 'sigmoid' or 'exp'")
+
+
+class AffineCoupling(_Coupling):
+    """y2 = x2 * s(x1) + t(x1). `scale='sigmoid'` is Glow's s = sigmoid(h + 2);
+    `scale='exp'` is RealNVP's s = exp(3 tanh(h / 3))."""
+
+    scale: str = eqx.field(static=True)
+    n_params: ClassVar[int] = 2
+    example_shape: ClassVar = (4,)
+
+    def __init__(self, shape, *, key, conditioner=None, split=None, scale="sigmoid", width=64, depth=2):
+        self.split = _check_split(shape, split)
+        _scale(jnp.zeros(()), scale)
+        self.scale = scale
+        self.conditioner = conditioner or default_conditioner(
+            shape, self.split, 2, width=width, depth=depth, key=key
+        )
+
+    def _transform(self, x2, p, inverse):
+        shift, log_s = p[0], _scale(p[1], self.scale)
+        if inverse:
+            return (x2 - shift) * jnp.exp(-log_s), -jnp.sum(log_s)
+        return x2 * jnp.exp(log_s) + shift, jnp.sum(log_s)
+
+
+class AdditiveCoupling(_Coupling):
+    """y2 = x2 + t(x1) (NICE); volume preserving."""
+
+    n_params: ClassVar[int] = 1
+    example_shape: ClassVar = (2, 2, 2)
+
+    def __init__(self, shape, *, key, conditioner=None, split=None, width=64, depth=2):
+        self.split = _check_split(shape, split)
+        self.conditioner = conditioner or default_conditioner(
+            shape, self.split, 1, width=width, depth=depth, key=key
+        )
+
+    def _transform(self, x2, p, inverse):
+        zero = jnp.zeros((), x2.dtype)
+        return (x2 - p[0], zero) if inverse else (x2 + p[0], zero)
+
+
+class SplineCoupling(_Coupling):
+    """Neural spline coupling (Durkan et al. 2019): a rational-quadratic spline
+    with linear tails on each element of x2, its knots predicted from x1."""
+
+    tail_bound: float = eqx.field(static=True)
+    n_params: int = eqx.field(static=True)
+    example_shape: ClassVar = (4,)
+
+    def __init__(
+        self, shape, *, key, conditioner=None, split=None, num_bins=8, tail_bound=3.0, width=64, depth=2
+    ):
+        self.split = _check_split(shape, split)
+        self.tail_bound = float(tail_bound)
+        self.n_params = num_spline_params(num_bins)
+        self.conditioner = conditioner or default_conditioner(
+            shape, self.split, self.n_params, width=width, depth=depth, key=key
+        )
+
+    def _transform(self, x2, p, inverse):
+        num_bins = (self.n_params + 1) // 3
+        # zero conditioner output -> identity derivatives at the knots
+        p = p.at[2 * num_bins :].add(IDENTITY_DERIVATIVE)
+        y2, ld = rq_spline(x2, jnp.moveaxis(p, 0, -1), tail_bound=self.tail_bound, inverse=inverse)
+        return y2, jnp.sum(ld)

@@ -1,0 +1,177 @@
+"""Conformance checks for any bijection or flow: ours and plugin authors'.
+
+    from zoo.testing import check_bijection, check_flow
+    check_bijection(MyLayer((4,), key=key), x)   # x: one unbatched example
+    check_flow(my_model, x)
+
+Checks run in float64 on a copy whose parameters are randomly perturbed
+(`perturb`), so zero-initialised layers are not tested as the identity.
+Each failure raises `AssertionError` saying which property broke.
+"""
+
+import inspect
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["check_bijection", "check_flow", "brute_force_logdet"]
+
+
+def _to64(tree):
+    return jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, tree)
+
+
+def _perturb(tree, scale, key):
+    if not scale:
+        return tree
+    params, static = eqx.partition(tree, eqx.is_inexact_array)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    leaves = [a + scale * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
+    return eqx.combine(jax.tree.unflatten(treedef, leaves), static)
+
+
+def _close(name, got, want, rtol, atol):
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape:
+        raise AssertionError(f"{name}: shape {got.shape} != expected {want.shape}")
+    if not np.allclose(got, want, rtol=rtol, atol=atol):
+        err = np.max(np.abs(got - want))
+        raise AssertionError(f"{name}: max abs error {err:.3g} (rtol={rtol}, atol={atol})\n got {got}\nwant {want}")
+
+
+def _finite(name, tree):
+    bad = [a for a in jax.tree.leaves(tree) if eqx.is_inexact_array(a) and not bool(jnp.all(jnp.isfinite(a)))]
+    if bad:
+        raise AssertionError(f"{name}: {len(bad)} array(s) contain NaN/inf")
+
+
+def brute_force_logdet(fn, x):
+    """log|det J| of `fn: x -> y` (same size) from the dense Jacobian."""
+    jac = jax.jacfwd(lambda v: fn(v.reshape(x.shape)).ravel())(x.ravel())
+    sign, logdet = jnp.linalg.slogdet(jac)
+    if sign == 0:
+        raise AssertionError("Jacobian is singular")
+    return logdet
+
+
+def _neighbour(x, key):
+    # A second in-domain example for the vmap check: a convex mix towards a
+    # permuted copy keeps intervals like (0, 1) intact.
+    flat = x.ravel()
+    other = jax.random.permutation(key, flat).reshape(x.shape)
+    return 0.7 * x + 0.3 * other
+
+
+def check_bijection(bijection, x, *, rtol=1e-5, atol=1e-7, perturb=0.1, key=None):
+    """Assert the bijection contract on one example `x`:
+    inverse(forward(x)) == x; forward log-det == slogdet of the Jacobian;
+    inverse log-det == -forward log-det; jit and vmap give the same numbers;
+    gradients w.r.t. parameters and input are finite."""
+    key = jax.random.key(0) if key is None else key
+    k_perturb, k_other = jax.random.split(key)
+    with jax.enable_x64(True):
+        bij = _perturb(_to64(bijection), perturb, k_perturb)
+        x = jnp.asarray(x, jnp.float64)
+
+        y, ld = bij.forward(x)
+        if jnp.shape(ld) != ():
+            raise AssertionError(f"forward log-det must be a scalar, got shape {jnp.shape(ld)}")
+        if y.size != x.size:
+            raise AssertionError(f"forward changed the dimension: {x.shape} -> {y.shape}")
+        _finite("forward output", (y, ld))
+        x_rec, ld_inv = bij.inverse(y)
+        _close("inverse(forward(x)) vs x", x_rec, x, rtol=1e-4, atol=1e-6)
+        _close("inverse log-det vs -forward log-det", ld_inv, -ld, rtol, atol)
+        _close("log-det vs slogdet(jacobian)", ld, brute_force_logdet(lambda v: bij.forward(v)[0], x), rtol, atol)
+
+        y_jit, ld_jit = eqx.filter_jit(lambda b, v: b.forward(v))(bij, x)
+        _close("jit forward", y_jit, y, 1e-6, 1e-8)
+        _close("jit log-det", ld_jit, ld, 1e-6, 1e-8)
+        x2 = _neighbour(x, k_other)
+        xs = jnp.stack([x, x2])
+        ys, lds = jax.vmap(bij.forward)(xs)
+        y2, ld2 = bij.forward(x2)
+        _close("vmap forward", ys, jnp.stack([y, y2]), 1e-6, 1e-8)
+        _close("vmap log-det", lds, jnp.stack([ld, ld2]), 1e-6, 1e-8)
+
+        def objective(b, v):
+            out, logdet = b.forward(v)
+            return jnp.sum(jnp.tanh(out)) + logdet
+
+        g_params, g_x = eqx.filter_grad(objective)(bij, x), jax.grad(lambda v: objective(bij, v))(x)
+        _finite("gradient w.r.t. parameters", g_params)
+        _finite("gradient w.r.t. input", g_x)
+    return bij
+
+
+def _call(fn, *args, key, **kwargs):
+    """Pass `key` only to methods that take one (e.g. a VAE's log_prob)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "key" in params:
+        kwargs["key"] = key
+    return fn(*args, **kwargs)
+
+
+def check_flow(model, x, *, rtol=1e-5, atol=1e-7, perturb=0.1, key=None, integrate_atol=0.03, grid=200):
+    """Assert the model contract on one example `x`: `log_prob` is a finite
+    scalar that jit/vmap reproduce; `sample` has the data's shape (and
+    `temperature=0` is deterministic for flows); `loss` returns a scalar and a
+    dict with finite gradients; models with `forward`/`inverse` pass
+    `check_bijection` and satisfy log_prob = base.log_prob(z) + logdet; and
+    for 1-D/2-D data exp(log_prob) integrates to 1 over a grid."""
+    key = jax.random.key(0) if key is None else key
+    k_perturb, k_check, k_sample, k_loss, k_int = jax.random.split(key, 5)
+    with jax.enable_x64(True):
+        model = _perturb(_to64(model), perturb, k_perturb)
+        x = jnp.asarray(x, jnp.float64)
+        if hasattr(model, "forward") and hasattr(model, "inverse"):
+            check_bijection(model, x, rtol=rtol, atol=atol, perturb=0.0, key=k_check)
+            if hasattr(model, "base"):
+                z, ld = model.forward(x)
+                _close("log_prob vs base.log_prob(z) + logdet", model.log_prob(x), model.base.log_prob(z) + ld, rtol, atol)
+
+        lp = _call(model.log_prob, x, key=k_loss)
+        if jnp.shape(lp) != () or not bool(jnp.isfinite(lp)):
+            raise AssertionError(f"log_prob must be a finite scalar, got {lp}")
+        lp_jit = eqx.filter_jit(lambda m, v: _call(m.log_prob, v, key=k_loss))(model, x)
+        _close("jit log_prob", lp_jit, lp, 1e-6, 1e-8)
+        x2 = _neighbour(x, k_check)
+        lps = jax.vmap(lambda v: _call(model.log_prob, v, key=k_loss))(jnp.stack([x, x2]))
+        _close("vmap log_prob", lps[0], lp, 1e-6, 1e-8)
+
+        s = model.sample(k_sample)
+        if s.shape != x.shape:
+            raise AssertionError(f"sample shape {s.shape} != data shape {x.shape}")
+        _finite("sample", s)
+        s_cold = model.sample(k_sample, temperature=0.5)
+        _finite("sample at temperature 0.5", s_cold)
+
+        loss, aux = model.loss(x, key=k_loss)
+        if jnp.shape(loss) != () or not isinstance(aux, dict):
+            raise AssertionError("loss(x, key=...) must return (scalar, dict)")
+        _finite("loss", loss)
+        grads = eqx.filter_grad(lambda m: m.loss(x, key=k_loss)[0])(model)
+        _finite("gradient of loss", grads)
+
+        if x.size <= 2 and integrate_atol is not None:
+            total = _grid_integral(model, x.shape, k_int, grid)
+            if abs(total - 1.0) > integrate_atol:
+                raise AssertionError(f"exp(log_prob) integrates to {total:.4f} over a grid, not 1")
+    return model
+
+
+def _grid_integral(model, shape, key, n):
+    samples = jax.vmap(lambda k: model.sample(k))(jax.random.split(key, 4000)).reshape(4000, -1)
+    lo = np.min(np.asarray(samples), 0) - 3 * np.std(np.asarray(samples), 0)
+    hi = np.max(np.asarray(samples), 0) + 3 * np.std(np.asarray(samples), 0)
+    axes = [np.linspace(a, b, n) for a, b in zip(lo, hi)]
+    pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(axes))
+    lp = jax.vmap(lambda v: model.log_prob(v.reshape(shape)))(jnp.asarray(pts))
+    cell = np.prod([(b - a) / (n - 1) for a, b in zip(lo, hi)])
+    return float(jnp.sum(jnp.exp(lp)) * cell)
