@@ -16,7 +16,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["check_bijection", "check_flow", "brute_force_logdet"]
+__all__ = ["check_bijection", "check_flow", "brute_force_logdet", "example_input"]
+
+
+def example_input(layer, shape=None, *, key=None):
+    """A random example for `layer` (a class or instance): standard normal,
+    or uniform inside the layer's `domain` ClassVar (e.g. (0, 1) for Logit)."""
+    shape = tuple(shape if shape is not None else layer.example_shape)
+    key = jax.random.key(1) if key is None else key
+    domain = getattr(layer, "domain", None)
+    if domain is None:
+        return jax.random.normal(key, shape)
+    lo, hi = domain
+    pad = 0.05 * (hi - lo)
+    return jax.random.uniform(key, shape, minval=lo + pad, maxval=hi - pad)
 
 
 def _to64(tree):
@@ -52,9 +65,7 @@ def brute_force_logdet(fn, x):
     """log|det J| of `fn: x -> y` (same size) from the dense Jacobian."""
     jac = jax.jacfwd(lambda v: fn(v.reshape(x.shape)).ravel())(x.ravel())
     sign, logdet = jnp.linalg.slogdet(jac)
-    if sign == 0:
-        raise AssertionError("Jacobian is singular")
-    return logdet
+    return jnp.where(sign == 0, jnp.nan, logdet)  # singular -> NaN fails the comparison
 
 
 def _neighbour(x, key):
@@ -65,45 +76,50 @@ def _neighbour(x, key):
     return 0.7 * x + 0.3 * other
 
 
+@eqx.filter_jit
+def _bijection_outputs(bij, x, x2):
+    # One compiled program for every quantity the check needs: op-by-op
+    # dispatch of the same work is many times slower.
+    y, ld = bij.forward(x)
+    x_rec, ld_inv = bij.inverse(y)
+    brute = brute_force_logdet(lambda v: bij.forward(v)[0], x)
+    ys, lds = jax.vmap(bij.forward)(jnp.stack([x, x2]))
+    y2, ld2 = bij.forward(x2)
+
+    def objective(b, v):
+        out, logdet = b.forward(v)
+        return jnp.sum(jnp.tanh(out)) + logdet
+
+    g_params = eqx.filter_grad(objective)(bij, x)
+    g_x = jax.grad(lambda v: objective(bij, v))(x)
+    return dict(y=y, ld=ld, x_rec=x_rec, ld_inv=ld_inv, brute=brute, ys=ys, lds=lds, y2=y2, ld2=ld2,
+                g_params=g_params, g_x=g_x)
+
+
 def check_bijection(bijection, x, *, rtol=1e-5, atol=1e-7, perturb=0.1, key=None):
     """Assert the bijection contract on one example `x`:
     inverse(forward(x)) == x; forward log-det == slogdet of the Jacobian;
-    inverse log-det == -forward log-det; jit and vmap give the same numbers;
-    gradients w.r.t. parameters and input are finite."""
+    inverse log-det == -forward log-det; it runs under jit, and vmap gives the
+    per-example numbers; gradients w.r.t. parameters and input are finite."""
     key = jax.random.key(0) if key is None else key
     k_perturb, k_other = jax.random.split(key)
     with jax.enable_x64(True):
         bij = _perturb(_to64(bijection), perturb, k_perturb)
         x = jnp.asarray(x, jnp.float64)
-
-        y, ld = bij.forward(x)
+        out = _bijection_outputs(bij, x, _neighbour(x, k_other))
+        y, ld = out["y"], out["ld"]
         if jnp.shape(ld) != ():
             raise AssertionError(f"forward log-det must be a scalar, got shape {jnp.shape(ld)}")
         if y.size != x.size:
             raise AssertionError(f"forward changed the dimension: {x.shape} -> {y.shape}")
         _finite("forward output", (y, ld))
-        x_rec, ld_inv = bij.inverse(y)
-        _close("inverse(forward(x)) vs x", x_rec, x, rtol=1e-4, atol=1e-6)
-        _close("inverse log-det vs -forward log-det", ld_inv, -ld, rtol, atol)
-        _close("log-det vs slogdet(jacobian)", ld, brute_force_logdet(lambda v: bij.forward(v)[0], x), rtol, atol)
-
-        y_jit, ld_jit = eqx.filter_jit(lambda b, v: b.forward(v))(bij, x)
-        _close("jit forward", y_jit, y, 1e-6, 1e-8)
-        _close("jit log-det", ld_jit, ld, 1e-6, 1e-8)
-        x2 = _neighbour(x, k_other)
-        xs = jnp.stack([x, x2])
-        ys, lds = jax.vmap(bij.forward)(xs)
-        y2, ld2 = bij.forward(x2)
-        _close("vmap forward", ys, jnp.stack([y, y2]), 1e-6, 1e-8)
-        _close("vmap log-det", lds, jnp.stack([ld, ld2]), 1e-6, 1e-8)
-
-        def objective(b, v):
-            out, logdet = b.forward(v)
-            return jnp.sum(jnp.tanh(out)) + logdet
-
-        g_params, g_x = eqx.filter_grad(objective)(bij, x), jax.grad(lambda v: objective(bij, v))(x)
-        _finite("gradient w.r.t. parameters", g_params)
-        _finite("gradient w.r.t. input", g_x)
+        _close("inverse(forward(x)) vs x", out["x_rec"], x, rtol=1e-4, atol=1e-6)
+        _close("inverse log-det vs -forward log-det", out["ld_inv"], -ld, rtol, atol)
+        _close("log-det vs slogdet(jacobian)", ld, out["brute"], rtol, atol)
+        _close("vmap forward", out["ys"], jnp.stack([y, out["y2"]]), 1e-6, 1e-8)
+        _close("vmap log-det", out["lds"], jnp.stack([ld, out["ld2"]]), 1e-6, 1e-8)
+        _finite("gradient w.r.t. parameters", out["g_params"])
+        _finite("gradient w.r.t. input", out["g_x"])
     return bij
 
 
@@ -118,13 +134,28 @@ def _call(fn, *args, key, **kwargs):
     return fn(*args, **kwargs)
 
 
+@eqx.filter_jit
+def _flow_outputs(model, x, x2, k_sample, k_loss):
+    out = {}
+    if hasattr(model, "base") and hasattr(model, "forward"):
+        z, ld = model.forward(x)
+        out["base_plus_logdet"] = model.base.log_prob(z) + ld
+    out["lp"] = _call(model.log_prob, x, key=k_loss)
+    out["lps"] = jax.vmap(lambda v: _call(model.log_prob, v, key=k_loss))(jnp.stack([x, x2]))
+    out["sample"] = model.sample(k_sample)
+    out["sample_cold"] = model.sample(k_sample, temperature=0.5)
+    loss_fn = lambda m: m.loss(x, key=k_loss)  # noqa: E731
+    (out["loss"], out["aux"]), out["grads"] = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
+    return out
+
+
 def check_flow(model, x, *, rtol=1e-5, atol=1e-7, perturb=0.1, key=None, integrate_atol=0.03, grid=200):
     """Assert the model contract on one example `x`: `log_prob` is a finite
-    scalar that jit/vmap reproduce; `sample` has the data's shape (and
-    `temperature=0` is deterministic for flows); `loss` returns a scalar and a
-    dict with finite gradients; models with `forward`/`inverse` pass
-    `check_bijection` and satisfy log_prob = base.log_prob(z) + logdet; and
-    for 1-D/2-D data exp(log_prob) integrates to 1 over a grid."""
+    scalar and vmap reproduces it; `sample` (also at temperature 0.5) has the
+    data's shape; `loss(x, key=...)` returns (scalar, dict) with finite
+    gradients; models with `forward`/`inverse` pass `check_bijection`, and
+    those with a `base` satisfy log_prob = base.log_prob(z) + logdet; for
+    1-D/2-D data exp(log_prob) integrates to 1 over a grid."""
     key = jax.random.key(0) if key is None else key
     k_perturb, k_check, k_sample, k_loss, k_int = jax.random.split(key, 5)
     with jax.enable_x64(True):
@@ -132,32 +163,21 @@ def check_flow(model, x, *, rtol=1e-5, atol=1e-7, perturb=0.1, key=None, integra
         x = jnp.asarray(x, jnp.float64)
         if hasattr(model, "forward") and hasattr(model, "inverse"):
             check_bijection(model, x, rtol=rtol, atol=atol, perturb=0.0, key=k_check)
-            if hasattr(model, "base"):
-                z, ld = model.forward(x)
-                _close("log_prob vs base.log_prob(z) + logdet", model.log_prob(x), model.base.log_prob(z) + ld, rtol, atol)
-
-        lp = _call(model.log_prob, x, key=k_loss)
+        out = _flow_outputs(model, x, _neighbour(x, k_check), k_sample, k_loss)
+        lp = out["lp"]
         if jnp.shape(lp) != () or not bool(jnp.isfinite(lp)):
             raise AssertionError(f"log_prob must be a finite scalar, got {lp}")
-        lp_jit = eqx.filter_jit(lambda m, v: _call(m.log_prob, v, key=k_loss))(model, x)
-        _close("jit log_prob", lp_jit, lp, 1e-6, 1e-8)
-        x2 = _neighbour(x, k_check)
-        lps = jax.vmap(lambda v: _call(model.log_prob, v, key=k_loss))(jnp.stack([x, x2]))
-        _close("vmap log_prob", lps[0], lp, 1e-6, 1e-8)
-
-        s = model.sample(k_sample)
-        if s.shape != x.shape:
-            raise AssertionError(f"sample shape {s.shape} != data shape {x.shape}")
-        _finite("sample", s)
-        s_cold = model.sample(k_sample, temperature=0.5)
-        _finite("sample at temperature 0.5", s_cold)
-
-        loss, aux = model.loss(x, key=k_loss)
-        if jnp.shape(loss) != () or not isinstance(aux, dict):
+        if "base_plus_logdet" in out:
+            _close("log_prob vs base.log_prob(z) + logdet", lp, out["base_plus_logdet"], rtol, atol)
+        _close("vmap log_prob", out["lps"][0], lp, 1e-6, 1e-8)
+        for name in ("sample", "sample_cold"):
+            if out[name].shape != x.shape:
+                raise AssertionError(f"{name} shape {out[name].shape} != data shape {x.shape}")
+            _finite(name, out[name])
+        if jnp.shape(out["loss"]) != () or not isinstance(out["aux"], dict):
             raise AssertionError("loss(x, key=...) must return (scalar, dict)")
-        _finite("loss", loss)
-        grads = eqx.filter_grad(lambda m: m.loss(x, key=k_loss)[0])(model)
-        _finite("gradient of loss", grads)
+        _finite("loss", out["loss"])
+        _finite("gradient of loss", out["grads"])
 
         if x.size <= 2 and integrate_atol is not None:
             total = _grid_integral(model, x.shape, k_int, grid)
@@ -166,12 +186,22 @@ def check_flow(model, x, *, rtol=1e-5, atol=1e-7, perturb=0.1, key=None, integra
     return model
 
 
+@eqx.filter_jit
+def _samples(model, key, n):
+    return jax.vmap(lambda k: model.sample(k))(jax.random.split(key, n))
+
+
+@eqx.filter_jit
+def _log_probs(model, pts, shape):
+    return jax.vmap(lambda v: model.log_prob(v.reshape(shape)))(pts)
+
+
 def _grid_integral(model, shape, key, n):
-    samples = jax.vmap(lambda k: model.sample(k))(jax.random.split(key, 4000)).reshape(4000, -1)
-    lo = np.min(np.asarray(samples), 0) - 3 * np.std(np.asarray(samples), 0)
-    hi = np.max(np.asarray(samples), 0) + 3 * np.std(np.asarray(samples), 0)
+    samples = np.asarray(_samples(model, key, 4000)).reshape(4000, -1)
+    lo = samples.min(0) - 3 * samples.std(0)
+    hi = samples.max(0) + 3 * samples.std(0)
     axes = [np.linspace(a, b, n) for a, b in zip(lo, hi)]
     pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(axes))
-    lp = jax.vmap(lambda v: model.log_prob(v.reshape(shape)))(jnp.asarray(pts))
+    lp = _log_probs(model, jnp.asarray(pts), shape)
     cell = np.prod([(b - a) / (n - 1) for a, b in zip(lo, hi)])
     return float(jnp.sum(jnp.exp(lp)) * cell)

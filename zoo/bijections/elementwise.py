@@ -41,6 +41,7 @@ class Logit(Bijection):
 
     alpha: float = eqx.field(static=True, default=0.0)
     example_shape: ClassVar = (5,)
+    domain: ClassVar = (0.0, 1.0)
 
     def __init__(self, shape=None, *, key=None, alpha: float = 0.0):
         if not 0.0 <= alpha < 0.5:

@@ -12,11 +12,24 @@ from typing import ClassVar
 
 import numpy as np
 
-__all__ = ["DatasetSource", "MissingDatasetError", "resolve_data_dir", "load_dataset"]
+__all__ = [
+    "DatasetSource",
+    "MissingDatasetError",
+    "CorruptDatasetError",
+    "resolve_data_dir",
+    "load_dataset",
+    "download_command",
+]
 
 
 class MissingDatasetError(FileNotFoundError):
-    """A dataset's files are missing or unreadable; the message says how to get them."""
+    """A dataset's files are missing or unreadable; the message says what is
+    missing, where it looked, and the command that downloads it."""
+
+
+class CorruptDatasetError(MissingDatasetError):
+    """A dataset file exists but is truncated, corrupt or not in the expected
+    format (a subclass, so `except MissingDatasetError` catches both)."""
 
 
 def resolve_data_dir(path=None) -> Path:
@@ -27,16 +40,31 @@ def resolve_data_dir(path=None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "zoo" / "data"
 
 
+def download_command(name: str, data_dir) -> str:
+    """The command that fetches dataset `name` into `data_dir` (quoted for a shell)."""
+    import shlex
+
+    return f"python scripts/download_data.py {name} --data-dir {shlex.quote(str(data_dir))}"
+
+
 class DatasetSource(abc.ABC):
     """One dataset, registered under the `zoo.datasets` entry-point group.
 
-    Subclasses set the class attributes and implement `load`.
+    Subclasses set the class attributes and implement `load`. Optional class
+    attributes refine how `zoo.data.pipeline` treats the raw values and what
+    `python -m zoo.data info` prints.
     """
 
     description: ClassVar[str]
     shape: ClassVar[tuple[int, ...]]  # one example
     dtype: ClassVar[str]  # "uint8" for images (C x H x W), "float32" for vectors
     splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
+    # uint8 values are already 0/1 (fixed binarisation): no dequantization.
+    binary: ClassVar[bool] = False
+    # Default `binarize` for the pipeline ("dynamic" resamples 0/1 pixels per batch).
+    binarize: ClassVar[str | None] = None
+    # Files read, relative to the dataset's folder (for messages and `info`).
+    files: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def load(self, split: str, *, data_dir: Path) -> np.ndarray:
@@ -48,7 +76,12 @@ class DatasetSource(abc.ABC):
 
 
 def load_dataset(name: str, *, split: str, data_dir=None) -> np.ndarray:
-    """Raw examples of one split of the registered dataset `name`."""
+    """Raw examples of one split of the registered dataset `name`.
+
+    Images come back as uint8 N x C x H x W. `data_dir` defaults to
+    `$ZOO_DATA_DIR`, then `~/.cache/zoo/data`; a missing or corrupt dataset
+    raises `MissingDatasetError` with the command that downloads it.
+    """
     from zoo.registry import get_dataset
 
     source = get_dataset(name)
