@@ -1,16 +1,27 @@
 """`Flow` = bijection + base density; the model contract the trainer relies on."""
 
+import inspect
 import math
 
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 from jax import Array
 
 from zoo.bijections.base import Bijection
 from zoo.distributions import Distribution
 
-__all__ = ["Flow", "bits_per_dim"]
+__all__ = ["Flow", "bits_per_dim", "call_with_key"]
+
+
+def call_with_key(fn, *args, key, **kwargs):
+    """Call a model method, passing `key` only if it takes one: exact flows'
+    `log_prob(x)` does not, a VAE's importance-sampled `log_prob(x, *, key)` does."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "key" in params:
+        kwargs["key"] = key
+    return fn(*args, **kwargs)
 
 
 def bits_per_dim(log_prob: Array, num_dims: int, *, n_bits: int = 8) -> Array:

@@ -9,12 +9,12 @@ Checks run in float64 on a copy whose parameters are randomly perturbed
 Each failure raises `AssertionError` saying which property broke.
 """
 
-import inspect
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from zoo.flow import call_with_key
 
 __all__ = ["check_bijection", "check_flow", "brute_force_logdet", "example_input"]
 
@@ -123,25 +123,14 @@ def check_bijection(bijection, x, *, rtol=1e-5, atol=1e-7, perturb=0.1, key=None
     return bij
 
 
-def _call(fn, *args, key, **kwargs):
-    """Pass `key` only to methods that take one (e.g. a VAE's log_prob)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "key" in params:
-        kwargs["key"] = key
-    return fn(*args, **kwargs)
-
-
 @eqx.filter_jit
 def _flow_outputs(model, x, x2, k_sample, k_loss):
     out = {}
     if hasattr(model, "base") and hasattr(model, "forward"):
         z, ld = model.forward(x)
         out["base_plus_logdet"] = model.base.log_prob(z) + ld
-    out["lp"] = _call(model.log_prob, x, key=k_loss)
-    out["lps"] = jax.vmap(lambda v: _call(model.log_prob, v, key=k_loss))(jnp.stack([x, x2]))
+    out["lp"] = call_with_key(model.log_prob, x, key=k_loss)
+    out["lps"] = jax.vmap(lambda v: call_with_key(model.log_prob, v, key=k_loss))(jnp.stack([x, x2]))
     out["sample"] = model.sample(k_sample)
     out["sample_cold"] = model.sample(k_sample, temperature=0.5)
     loss_fn = lambda m: m.loss(x, key=k_loss)  # noqa: E731

@@ -1,0 +1,58 @@
+"""Training settings: typed fields with the meaning of the SNF reference's options."""
+
+import dataclasses
+from typing import Literal
+
+__all__ = ["TrainConfig"]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Training settings shared by every model (model and data are chosen with --model/--data)."""
+
+    steps: int = 2000
+    """Training steps (optimizer updates)."""
+    epochs: float | None = None
+    """If set, train this many passes over the training split instead of --steps."""
+    batch_size: int = 64
+    """Global batch size, split over all devices and processes."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    optimizer: Literal["adam", "adamax", "rmsprop"] = "adam"
+    """Optimizer (optax)."""
+    momentum: float = 0.0
+    """Momentum for rmsprop."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up from 0 to --lr over this many steps."""
+    warmup_epochs: float | None = None
+    """Warm-up length in epochs (overrides --warmup-steps)."""
+    grad_clip_norm: float | None = None
+    """Clip gradients to this global norm."""
+    eval_every: int = 500
+    """Steps between evaluations of the exact validation NLL (0: only at the end)."""
+    eval_epochs: float | None = None
+    """Evaluation interval in epochs (overrides --eval-every)."""
+    eval_train: bool = False
+    """Also evaluate the NLL on the training split."""
+    eval_batch_size: int = 256
+    """Batch size for evaluation."""
+    max_eval_ex: int | None = None
+    """Evaluate on at most this many examples per split (for expensive models)."""
+    log_interval: int = 50
+    """Steps between training-loss log lines (metrics.jsonl and progress bar)."""
+    num_samples: int = 64
+    """Samples drawn for samples.png at the end of training."""
+    seed: int = 0
+    """Seeds model initialisation, data order, dequantization noise."""
+    data_dir: str | None = None
+    """Dataset folder (default: $ZOO_DATA_DIR, then ~/.cache/zoo/data)."""
+    out_dir: str = "runs"
+    """Runs are written to OUT_DIR/NAME."""
+    name: str | None = None
+    """Run name (default: MODEL-DATA)."""
+    flip: bool = False
+    """Random horizontal flips of training images (CIFAR-10 / ImageNet32 augmentation)."""
+    max_nonfinite: int = 20
+    """Stop after this many consecutive steps whose gradients are NaN/inf (those updates are skipped)."""
+    progress: bool = True
+    """Show a progress bar."""
