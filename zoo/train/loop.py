@@ -81,7 +81,7 @@ def make_train_step(static, optimizer, mesh):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, mask, key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
         return params, opt_state, metrics
 
     return jax.jit(
