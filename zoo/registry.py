@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import fnmatch
 import importlib.metadata
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -78,7 +79,12 @@ def refresh() -> None:
 def _collision(kind, name, a: _Entry, b: _Entry) -> RegistryError:
     return RegistryError(
         f"{kind} {name!r} is registered twice: by {a.dist!r} ({a.source}) and by "
-        f"{b.dist!r} ({b.source}). Uninstall one of the two packages or rename one entry."
+        f"{b.dist!r} ({b.source}). "
+        + (
+            "Rename the in-process registration."
+            if IN_PROCESS in (a.dist, b.dist)
+            else "Uninstall one of the two packages or rename one entry."
+        )
     )
 
 
@@ -123,6 +129,15 @@ def _validate(kind: str, name: str, obj: Any) -> None:
         raise TypeError(f"{kind} {name!r} must be a class or callable, got {type(obj).__name__}")
 
 
+def _caller_stacklevel() -> int:
+    """Stack level of the first frame outside this module, so a warning
+    points at the user's line rather than at the registry."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _load(kind: str, entry: _Entry) -> bool:
     if not entry.loaded:
         entry.loaded = True
@@ -135,12 +150,12 @@ def _load(kind: str, entry: _Entry) -> bool:
             msg = f"{type(e).__name__}: {e}"
             if (entry.dist, msg) not in _warned:
                 _warned.add((entry.dist, msg))
-                warnings.warn(
+                warnings.warn(  # noqa: B028 (stacklevel computed below)
                     f"zoo: plugin package {entry.dist!r} failed to load its {kind} "
                     f"{entry.name!r} ({entry.source}): {msg}. Other plugins still work; "
                     f"reinstall or fix {entry.dist!r} to use it.",
                     PluginImportWarning,
-                    stacklevel=3,
+                    stacklevel=_caller_stacklevel(),
                 )
     return not entry.broken
 
@@ -230,12 +245,13 @@ def _register(kind: str, name: str):
         old = _in_process[kind].get(name)
         if old is not None and old.source != entry.source:
             raise _collision(kind, name, old, entry)
-        table = _entries.get(kind)
-        if table is not None and name in table and table[name].dist != IN_PROCESS:
+        # Discover now (reads metadata, imports nothing), so a clash with an
+        # installed plugin fails here rather than in every later list_*().
+        table = _table(kind)
+        if name in table and table[name].dist != IN_PROCESS:
             raise _collision(kind, name, table[name], entry)
         _in_process[kind][name] = entry  # re-running a notebook cell re-registers
-        if table is not None:
-            table[name] = entry
+        table[name] = entry
         return obj
 
     return decorator

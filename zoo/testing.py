@@ -41,8 +41,9 @@ def _perturb(tree, scale, key):
         return tree
     params, static = eqx.partition(tree, eqx.is_inexact_array)
     leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, max(len(leaves), 1))
-    leaves = [a + scale * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
+    # NumPy noise: jax.random would compile one program per parameter shape.
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+    leaves = [a + scale * jnp.asarray(rng.standard_normal(a.shape), a.dtype) for a in leaves]
     return eqx.combine(jax.tree.unflatten(treedef, leaves), static)
 
 
