@@ -57,7 +57,7 @@ def _close(name, got, want, rtol, atol):
 
 
 def _finite(name, tree):
-    bad = [a for a in jax.tree.leaves(tree) if eqx.is_inexact_array(a) and not bool(jnp.all(jnp.isfinite(a)))]
+    bad = [a for a in jax.tree.leaves(tree) if eqx.is_inexact_array(a) and not np.all(np.isfinite(np.asarray(a)))]
     if bad:
         raise AssertionError(f"{name}: {len(bad)} array(s) contain NaN/inf")
 

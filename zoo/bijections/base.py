@@ -44,7 +44,8 @@ class Bijection(eqx.Module):
 def data_init(model: Any, batch: Array) -> Any:
     """Return `model` with every data-dependent layer (e.g. ActNorm) initialised
     from `batch` (leading batch axis). Models without such layers come back
-    unchanged."""
+    unchanged. Pure: jit it with `eqx.filter_jit(zoo.data_init)` (plain
+    `jax.jit` rejects the non-array leaves of a module)."""
     if hasattr(model, "data_init"):
         return model.data_init(batch)[0]
     return model
