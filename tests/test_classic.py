@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import zoo
-from zoo.testing import check_bijection, check_flow
+from zoo.testing import check_bijection
 from zoo_classic.maf import MaskedAffine
 from zoo_classic.toys import SPLIT_SIZES
 
@@ -79,16 +79,14 @@ def test_masked_affine_is_autoregressive_with_exact_sequential_inverse():
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_model_conformance(name):
+def test_models_stack_their_blocks_into_one_scan(name):
+    # (the conformance check of every registered model is in tests/test_models.py)
     config = zoo.get_model_config(name)
     shape = type(config).example_input_shape
     model = zoo.create_model(name, key=jax.random.key(0), input_shape=shape)
-    # repeated blocks are stacked into one scanned layer
     assert len(model.bijection.layers) == 1
     assert isinstance(model.bijection.layers[0], zoo.bijections.Scan)
     assert model.bijection.layers[0].length == config.num_layers
-    x = jnp.linspace(-0.8, 1.1, shape[0])
-    check_flow(model, x)
 
 
 def test_shape_validation_options_and_wider_vectors():
