@@ -34,9 +34,9 @@ class Affine(Bijection):
 class Logit(Bijection):
     """y = logit(alpha + (1 - 2 alpha) x) for x in [0, 1].
 
-    `alpha` keeps the logit finite at the edges (RealNVP/SNF use 1e-6 for
-    MNIST, 0.05 for CIFAR); its log-det is included, so likelihoods stay in
-    the units of x.
+    `alpha` keeps the logit finite at the edges (the SNF code uses 1e-6 on
+    every dataset, `zoo.data.SNF_LOGIT_ALPHA`; RealNVP used 0.05 for CIFAR);
+    its log-det is included, so likelihoods stay in the units of x.
     """
 
     alpha: float = eqx.field(static=True, default=0.0)

@@ -12,6 +12,7 @@ import math
 import pickle
 import struct
 import tarfile
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -45,6 +46,7 @@ READ_ERRORS: tuple[type[BaseException], ...] = (
     gzip.BadGzipFile,
     pickle.UnpicklingError,
     tarfile.TarError,
+    zipfile.BadZipFile,
     OSError,
     ValueError,
     KeyError,
@@ -136,6 +138,14 @@ def _np_reconstruct():
     return _reconstruct
 
 
+def _np_frombuffer():
+    try:
+        from numpy._core.numeric import _frombuffer
+    except ImportError:  # numpy < 2
+        from numpy.core.numeric import _frombuffer
+    return _frombuffer
+
+
 class _CifarUnpickler(pickle.Unpickler):
     """Unpickler for the CIFAR batches that refuses every global except the
     few the format uses to rebuild a NumPy array (so a crafted file cannot
@@ -147,6 +157,9 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct(),
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        # NumPy's own protocol-5 pickles rebuild arrays with _frombuffer.
+        ("numpy.core.numeric", "_frombuffer"): _np_frombuffer(),
+        ("numpy._core.numeric", "_frombuffer"): _np_frombuffer(),
         # Python 3 writes bytes as _codecs.encode(str, "latin1") at protocol 2.
         ("_codecs", "encode"): __import__("codecs").encode,
     }
