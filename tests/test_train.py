@@ -62,3 +62,10 @@ def test_short_run_improves_nll_and_writes_outputs(tmp_path):
     assert json.loads((run / "config.json").read_text())["model"] == "realnvp"
     img = np.asarray(Image.open(run / "samples.png"))
     assert img.ndim == 2 and img.min() < 128  # some dark (dense) pixels
+
+
+def test_missing_dataset_exits_nonzero_with_download_command(tmp_path):
+    r = _run("--model", "realnvp", "--data", "mnist", "--data-dir", str(tmp_path), "--steps", "1")
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert "mnist" in r.stderr and "scripts/download_data.py mnist --data-dir" in r.stderr
