@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from zoo.bijections.base import Bijection
+from zoo.nn import Conv2d
 from zoo.bijections.spline import IDENTITY_DERIVATIVE, num_spline_params, rq_spline
 
 __all__ = [
@@ -45,20 +46,19 @@ class MLPConditioner(eqx.Module):
 
 
 class ConvConditioner(eqx.Module):
-    """Glow's coupling network: 3x3 conv -> ReLU -> 1x1 conv -> ReLU -> zero-initialised 3x3 conv."""
+    """Glow's coupling network: 3x3 conv -> ReLU -> 1x1 conv -> ReLU -> zero-initialised 3x3 conv.
 
-    conv_in: eqx.nn.Conv2d
-    conv_mid: eqx.nn.Conv2d
-    conv_out: eqx.nn.Conv2d
+    Uses `zoo.nn.Conv2d`, which stays fast when the couplings are scanned."""
+
+    conv_in: Conv2d
+    conv_mid: Conv2d
+    conv_out: Conv2d
 
     def __init__(self, in_channels, out_channels, *, width=64, key):
         k1, k2, k3 = jax.random.split(key, 3)
-        self.conv_in = eqx.nn.Conv2d(in_channels, width, 3, padding=1, key=k1)
-        self.conv_mid = eqx.nn.Conv2d(width, width, 1, key=k2)
-        out = eqx.nn.Conv2d(width, out_channels, 3, padding=1, key=k3)
-        self.conv_out = eqx.tree_at(
-            lambda c: (c.weight, c.bias), out, (jnp.zeros_like(out.weight), jnp.zeros_like(out.bias))
-        )
+        self.conv_in = Conv2d(in_channels, width, 3, key=k1)
+        self.conv_mid = Conv2d(width, width, 1, key=k2)
+        self.conv_out = Conv2d(width, out_channels, 3, key=k3, zero_init=True)
 
     def __call__(self, x):
         h = jax.nn.relu(self.conv_in(x))

@@ -1,0 +1,56 @@
+"""Small neural-network modules for conditioners, tuned for running inside `lax.scan`.
+
+XLA:CPU runs convolutions inside a loop body (and their gradients) an order
+of magnitude slower than the same convolutions unrolled (jax issue #12868),
+which would make scanned flows slow. `Conv2d` therefore computes a k x k
+"same" convolution as k*k matrix products with shifted views of the input,
+which stay fast inside `scan`, gradients included (measured on a scanned
+Glow-style conditioner, forward + backward: 258 ms vs 2,372 ms with
+`lax.conv`; one im2col product: 341 ms).
+"""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+__all__ = ["Conv2d"]
+
+
+class Conv2d(eqx.Module):
+    """Stride-1 "same" 2-D convolution of one C x H x W example (odd kernel size).
+
+    Weights are (out, in, k, k) like `eqx.nn.Conv2d`, initialised the same way
+    (uniform in +-1/sqrt(fan_in)), or to zero with `zero_init=True` (Glow's
+    last conditioner layer).
+    """
+
+    weight: Array
+    bias: Array
+    kernel_size: int = eqx.field(static=True)
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *, key, zero_init: bool = False):
+        if kernel_size % 2 != 1:
+            raise ValueError(f"Conv2d: kernel_size must be odd, got {kernel_size}")
+        shape = (out_channels, in_channels, kernel_size, kernel_size)
+        if zero_init:
+            self.weight, self.bias = jnp.zeros(shape), jnp.zeros(out_channels)
+        else:
+            lim = 1.0 / math.sqrt(in_channels * kernel_size**2)
+            kw, kb = jax.random.split(key)
+            self.weight = jax.random.uniform(kw, shape, minval=-lim, maxval=lim)
+            self.bias = jax.random.uniform(kb, (out_channels,), minval=-lim, maxval=lim)
+        self.kernel_size = kernel_size
+
+    def __call__(self, x: Array) -> Array:
+        k = self.kernel_size
+        r = k // 2
+        _, h, w = x.shape
+        xp = jnp.pad(x, ((0, 0), (r, r), (r, r)))
+        out = self.bias[:, None, None]
+        for i in range(k):
+            for j in range(k):
+                out = out + jnp.einsum("oc,chw->ohw", self.weight[:, :, i, j], xp[:, i : i + h, j : j + w])
+        return out
