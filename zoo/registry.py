@@ -32,6 +32,7 @@ __all__ = [
     "get_model_config",
     "get_layer",
     "get_dataset",
+    "model_name_of",
     "create_model",
     "create_layer",
     "register_model",
@@ -217,6 +218,17 @@ def get_layer(name: str):
 def get_dataset(name: str):
     """An instance of the dataset source registered as `name`."""
     return _get("dataset", name)()
+
+
+def model_name_of(config) -> str:
+    """The registered name whose config class is exactly `type(config)`."""
+    names = [n for n in list_models() if _table("model")[n].obj is type(config)]
+    if len(names) != 1:
+        raise RegistryError(
+            f"{type(config).__name__} is registered under {len(names)} model names {names}; pass name=..."
+            if names else f"{type(config).__name__} is not a registered model config; register it or pass name=..."
+        )
+    return names[0]
 
 
 def create_model(name: str, *, key, input_shape, **overrides):

@@ -3,7 +3,21 @@
 import dataclasses
 from typing import Literal
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "WandbConfig"]
+
+
+@dataclasses.dataclass
+class WandbConfig:
+    """Weights & Biases logging: off unless --wandb.project is given."""
+
+    project: str | None = None
+    """wandb project; setting it turns wandb logging on."""
+    entity: str | None = None
+    """wandb entity (user or team)."""
+    mode: Literal["online", "offline", "disabled"] = "online"
+    """online, offline (sync later with `wandb sync`), or disabled."""
+    tags: tuple[str, ...] = ()
+    """Run tags."""
 
 
 @dataclasses.dataclass
@@ -56,3 +70,12 @@ class TrainConfig:
     """Stop after this many consecutive steps whose gradients are NaN/inf (those updates are skipped)."""
     progress: bool = True
     """Show a progress bar."""
+    log_timing: bool = False
+    """Time every step (synchronising the device) and report mean/std seconds per batch and per example."""
+    checkpoint_every: int = 0
+    """Steps between checkpoints (0: at every evaluation and at the end)."""
+    keep_checkpoints: int = 3
+    """Keep the latest N checkpoints (plus the best-validation one)."""
+    resume: bool = False
+    """Continue the run in OUT_DIR/NAME from its newest good checkpoint."""
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)

@@ -8,6 +8,7 @@ several hosts after `jax.distributed.initialize()`.
 """
 
 import dataclasses
+import inspect
 import json
 import math
 import time
@@ -54,39 +55,54 @@ def make_optimizer(cfg: TrainConfig, *, steps_per_epoch: int, total_steps: int):
     }[cfg.optimizer]()
     if cfg.grad_clip_norm is not None:
         inner = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), inner)
-    # Skips updates whose gradients are NaN/inf and counts them; the loop stops
-    # before the limit, so a poisoned update is never applied.
-    return optax.apply_if_finite(inner, max_consecutive_errors=cfg.max_nonfinite + 1)
+    # Skips (and counts) updates whose gradients are NaN/inf, never letting
+    # one through: the loop stops after --max-nonfinite in a row.
+    return optax.apply_if_finite(inner, max_consecutive_errors=2**31 - 1)
 
 
 def _masked_mean(values, mask):
-    w = mask.astype(values.dtype)
-    return jnp.sum(values * w) / jnp.maximum(jnp.sum(w), 1.0)
+    """Mean over the batch axis of real (unmasked) examples; other axes kept."""
+    w = mask.astype(values.dtype).reshape(mask.shape + (1,) * (values.ndim - 1))
+    return jnp.sum(values * w, axis=0) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def _takes(fn, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def make_train_step(static, optimizer, mesh):
-    """jit(step)(params, opt_state, x, mask, key) -> (params, opt_state, metrics);
-    params/opt_state replicated and donated, the batch split over "data"."""
+    """jit(step)(params, opt_state, x, mask, key, step) -> (params, opt_state,
+    metrics); params/opt_state replicated and donated, the batch split over
+    "data". The model's `loss` gets `step=` if it takes it; its `after_step`
+    hook, if any, runs after the update."""
     replicated = NamedSharding(mesh, P())
     batch = NamedSharding(mesh, P("data"))
 
-    def loss_fn(params, x, mask, key):
+    def loss_fn(params, x, mask, key, step):
         model = eqx.combine(params, static)
+        extra = {"step": step} if _takes(model.loss, "step") else {}
         keys = jax.random.split(key, x.shape[0])
-        losses, aux = jax.vmap(lambda xi, ki: model.loss(xi, key=ki))(x, keys)
+        losses, aux = jax.vmap(lambda xi, ki: model.loss(xi, key=ki, **extra))(x, keys)
         aux = jax.tree.map(lambda a: _masked_mean(a, mask), aux)
         return _masked_mean(losses, mask), aux
 
-    def step(params, opt_state, x, mask, key):
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, mask, key)
+    def train_step(params, opt_state, x, mask, key, step):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, mask, key, step)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+        model = eqx.combine(params, static)
+        if hasattr(model, "after_step"):
+            params = eqx.filter(model.after_step(aux, step=step), eqx.is_inexact_array)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                   "nonfinite": opt_state.notfinite_count, **aux}
         return params, opt_state, metrics
 
     return jax.jit(
-        step,
-        in_shardings=(replicated, replicated, batch, batch, replicated),
+        train_step,
+        in_shardings=(replicated, replicated, batch, batch, replicated, replicated),
         out_shardings=(replicated, replicated, replicated),
         donate_argnums=(0, 1),
     )
@@ -151,31 +167,75 @@ def _fmt(metrics: dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
 
+def _run_dir(cfg: TrainConfig, name: str) -> Path:
+    """OUT_DIR/NAME; a fresh run never overwrites one that has checkpoints
+    (it gets NAME-2, NAME-3, ...); --resume continues it."""
+    base = Path(cfg.out_dir) / name
+    if cfg.resume:
+        if not (base / "checkpoints").is_dir():
+            raise FileNotFoundError(f"--resume: no checkpoints in {base}/checkpoints to resume from")
+        return base
+    run_dir, i = base, 1
+    while (run_dir / "checkpoints").is_dir():
+        i += 1
+        run_dir = base.with_name(f"{name}-{i}")
+    return run_dir
+
+
+class _Wandb:
+    """wandb when --wandb.project is set; otherwise every call does nothing."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, name: str, config: dict):
+        self.run = None
+        if cfg.wandb.project is None:
+            return
+        import wandb
+
+        self.wandb = wandb
+        self.run = wandb.init(
+            project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode, name=name,
+            dir=str(run_dir), config=config, tags=list(cfg.wandb.tags), resume="allow",
+        )
+
+    def log(self, data: dict, step: int):
+        if self.run is not None:
+            self.run.log({k: v for k, v in data.items() if isinstance(v, (int, float))}, step=step)
+
+    def image(self, key: str, path: Path, step: int):
+        if self.run is not None:
+            self.run.log({key: self.wandb.Image(str(path))}, step=step)
+
+    def finish(self):
+        if self.run is not None:
+            self.run.finish()
+
+
+def _scalars(metrics: dict) -> dict:
+    out = {}
+    for k, v in metrics.items():
+        a = np.asarray(v)
+        if a.ndim == 0:
+            out[k] = a.item() if a.dtype.kind in "iub" else float(a)
+    return out
+
+
 def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
     """Train `model_cfg` (the config of registered model `model`) on dataset
     `data`; returns the final metrics and the paths written."""
     from tqdm.auto import tqdm
 
+    from zoo.checkpoint import Checkpoints, config_to_json
     from zoo.data import pipeline
 
     source = zoo.get_dataset(data)
     images = source.dtype == "uint8" and len(source.shape) == 3
-    num_dims = math.prod(source.shape)
+    input_shape = tuple(source.shape)
+    num_dims = math.prod(input_shape)
     mesh = make_mesh()
     n_dev = mesh.devices.size
     if cfg.batch_size % n_dev:
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {n_dev} devices")
     eval_bs = max(n_dev, cfg.eval_batch_size // n_dev * n_dev)
-
-    name = cfg.name or f"{model}-{data}"
-    run_dir = Path(cfg.out_dir) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(
-        json.dumps(
-            {"model": model, "data": data, "model_cfg": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(cfg)},
-            indent=2,
-        )
-    )
 
     train_pipe = pipeline(data, split="train", batch_size=cfg.batch_size, seed=cfg.seed, data_dir=cfg.data_dir, flip=cfg.flip)
 
@@ -187,29 +247,56 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
     steps_per_epoch = train_pipe.steps_per_epoch
     total_steps = cfg.steps if cfg.epochs is None else int(round(cfg.epochs * steps_per_epoch))
     eval_every = cfg.eval_every if cfg.eval_epochs is None else max(1, int(round(cfg.eval_epochs * steps_per_epoch)))
+    save_every = cfg.checkpoint_every or eval_every
+
+    name = cfg.name or f"{model}-{data}"
+    run_dir = _run_dir(cfg, name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_config = {"model": model, "data": data, "model_cfg": config_to_json(model_cfg),
+                  "input_shape": list(input_shape), "train": dataclasses.asdict(cfg)}
+    (run_dir / "config.json").write_text(json.dumps(run_config, indent=2))
 
     key = jax.random.key(cfg.seed)
     k_model, k_train, k_eval, k_sample = jax.random.split(key, 4)
-    net = model_cfg.build(input_shape=tuple(source.shape), key=k_model)
-    it = iter(train_pipe)
-    first = next(it)
-    # Data-dependent init (ActNorm) once, jitted, on the global batch: its
-    # statistics are global across devices.
-    net = eqx.filter_jit(zoo.data_init)(net, global_batch(mesh, first["x"]))
-    it = train_pipe.iterator()  # train from the first batch again
-    params, static = eqx.partition(net, eqx.is_inexact_array)
+    net = model_cfg.build(input_shape=input_shape, key=k_model)
     replicated = NamedSharding(mesh, P())
-    params = jax.device_put(params, replicated)
     optimizer = make_optimizer(cfg, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-    opt_state = jax.device_put(optimizer.init(params), replicated)
+    ckpt = Checkpoints(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
+
+    start, best, data_state = 0, math.inf, None
+    if cfg.resume:
+        params = eqx.filter(net, eqx.is_inexact_array)
+        restored = ckpt.restore(net, optimizer.init(params), sharding=replicated)
+        if restored is None:
+            raise FileNotFoundError(f"--resume: no checkpoints in {ckpt.directory}")
+        stored = restored.meta
+        if stored.get("model") != model or stored.get("model_cfg") != run_config["model_cfg"] or stored.get("data") != data:
+            raise ValueError(
+                f"--resume: {run_dir} holds a run of {stored.get('model')} on {stored.get('data')} with other "
+                "settings; resume with the same --model/--data/--model-cfg flags or pick another --name"
+            )
+        net, opt_state = restored.model, restored.opt_state
+        start, best, data_state = restored.step, stored.get("best_validation_nll", math.inf), stored["data_state"]
+        print(f"zoo.train: resuming {run_dir} from step {start}")
+    else:
+        # Data-dependent init (ActNorm) once, jitted, on the global batch: its
+        # statistics are global across devices.
+        first = next(iter(train_pipe))
+        net = eqx.filter_jit(zoo.data_init)(net, global_batch(mesh, first["x"]))
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    params = jax.device_put(params, replicated)
+    opt_state = jax.device_put(restored.opt_state if cfg.resume else optimizer.init(params), replicated)
+    it = train_pipe.iterator(data_state)  # from the first batch again, or where the checkpoint left off
     step_fn = make_train_step(static, optimizer, mesh)
     eval_fn = make_eval_step(static, mesh)
     n_params = sum(a.size for a in jax.tree.leaves(params))
 
     log = _Log(run_dir / "metrics.jsonl")
+    wb = _Wandb(cfg, run_dir, run_dir.name, run_config)
     print(
-        f"zoo.train: {model} on {data} {tuple(source.shape)}; {n_params:,} parameters; "
-        f"{total_steps} steps of batch {cfg.batch_size} ({steps_per_epoch} steps/epoch) on {n_dev} device(s)"
+        f"zoo.train: {model} on {data} {input_shape}; {n_params:,} parameters; "
+        f"{total_steps} steps of batch {cfg.batch_size} ({steps_per_epoch} steps/epoch) on {n_dev} device(s); "
+        f"run directory {run_dir}"
     )
 
     def run_eval(step):
@@ -218,47 +305,95 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
             r = evaluate(eval_fn, params, pipe, mesh, key=jax.random.fold_in(k_eval, step), num_dims=num_dims,
                          images=images, max_examples=cfg.max_eval_ex)
             log.write(step=step, split=split, **r)
+            wb.log({f"{split}/{k}": v for k, v in r.items()}, step)
             results[split] = r
         return results
 
-    history = {"first_eval": run_eval(0)}
-    tqdm.write(f"step 0: " + "; ".join(f"{s} {_fmt(r)}" for s, r in history["first_eval"].items()))
-    bar = tqdm(total=total_steps, disable=not cfg.progress, unit="step", dynamic_ncols=True)
-    t_start, t_last, nonfinite = time.perf_counter(), time.perf_counter(), 0
-    best = math.inf
-    for step in range(1, total_steps + 1):
-        b = next(it)
-        params, opt_state, metrics = step_fn(
-            params, opt_state, global_batch(mesh, b["x"]), global_batch(mesh, b["mask"]), jax.random.fold_in(k_train, step)
-        )
-        if step % cfg.log_interval == 0 or step == total_steps:
-            metrics = {k: float(v) for k, v in metrics.items()}
-            nonfinite = int(opt_state.notfinite_count)
-            now = time.perf_counter()
-            rate = cfg.log_interval / max(now - t_last, 1e-9)
-            t_last = now
-            shown = {"loss": metrics["loss"]}
-            if images and math.isfinite(metrics["loss"]):
-                shown["bpd"] = float(bits_per_dim(jnp.asarray(-metrics["loss"]), num_dims))
-            bar.set_postfix(**{k: f"{v:.4g}" for k, v in shown.items()}, steps_s=f"{rate:.1f}")
-            log.write(step=step, split="train_batch", epoch=int(b["epoch"]), steps_per_sec=rate, **metrics)
-        bar.update(1)
+    def save(step, results):
+        nonlocal best
+        val = results.get("validation", {}).get("nll") if results else None
+        if val is not None:
+            best = min(best, val)
+        meta = {**run_config, "format": "zoo-checkpoint-1", "step": step, "data_state": it.get_state(),
+                "seed": cfg.seed, "metrics": results or {}, "best_validation_nll": best}
+        ckpt.save(step, eqx.combine(params, static), opt_state, json.loads(json.dumps(meta)), validation_nll=val)
+
+    history = {}
+    if start == 0:
+        history["first_eval"] = run_eval(0)
+        tqdm.write("step 0: " + "; ".join(f"{s} {_fmt(r)}" for s, r in history["first_eval"].items()))
+    bar = tqdm(total=total_steps, initial=start, disable=not cfg.progress, unit="step", dynamic_ncols=True)
+    t_start = t_last = time.perf_counter()
+    times: list[float] = []
+    pending = None  # the previous step's metrics: read one step late so dispatch runs ahead
+    last_metrics: dict = {}
+    results: dict = {}
+
+    def check(metrics, step):
+        nonfinite = int(metrics["nonfinite"])
         if nonfinite >= cfg.max_nonfinite:
-            bar.close()
-            log.close()
             raise TrainingDiverged(
-                f"stopped at step {step}: {nonfinite} consecutive steps had NaN/inf gradients (updates skipped). "
-                "Lower --lr, set --grad-clip-norm, or check the data."
+                f"stopped at step {step}: {nonfinite} consecutive steps had NaN/inf gradients (updates skipped, "
+                "no checkpoint written from them). Lower --lr, set --grad-clip-norm, or check the data."
             )
-        if eval_every and step % eval_every == 0 and step != total_steps:
-            r = run_eval(step)
-            tqdm.write(f"step {step}: " + "; ".join(f"{s} {_fmt(v)}" for s, v in r.items()))
-            best = min(best, r.get("validation", {}).get("nll", math.inf))
-    bar.close()
+        return nonfinite
+
+    try:
+        for step in range(start + 1, total_steps + 1):
+            b = next(it)
+            t0 = time.perf_counter()
+            params, opt_state, metrics = step_fn(
+                params, opt_state, global_batch(mesh, b["x"]), global_batch(mesh, b["mask"]),
+                jax.random.fold_in(k_train, step), jnp.asarray(step, jnp.int32),
+            )
+            if cfg.log_timing:
+                jax.block_until_ready(metrics)
+                if step > start + 1:  # the first step includes compilation
+                    times.append(time.perf_counter() - t0)
+            if pending is not None:
+                check(pending, step - 1)
+            pending = metrics
+            bar.update(1)
+            if step % cfg.log_interval == 0 or step == total_steps:
+                last_metrics = _scalars(metrics)
+                check(last_metrics, step)
+                now = time.perf_counter()
+                rate = cfg.log_interval / max(now - t_last, 1e-9)
+                t_last = now
+                shown = {"loss": last_metrics["loss"]}
+                if images and math.isfinite(last_metrics["loss"]):
+                    shown["bpd"] = float(bits_per_dim(jnp.asarray(-last_metrics["loss"]), num_dims))
+                if times:
+                    last_metrics["sec_per_batch"] = float(np.mean(times))
+                    last_metrics["sec_per_batch_std"] = float(np.std(times))
+                    last_metrics["sec_per_example"] = float(np.mean(times)) / cfg.batch_size
+                    times.clear()
+                bar.set_postfix(**{k: f"{v:.4g}" for k, v in shown.items()}, steps_s=f"{rate:.1f}")
+                log.write(step=step, split="train_batch", epoch=int(b["epoch"]), steps_per_sec=rate, **last_metrics)
+                wb.log({f"train/{k}": v for k, v in last_metrics.items()} | {"train/steps_per_sec": rate}, step)
+                if cfg.log_timing and "sec_per_batch" in last_metrics:
+                    tqdm.write(f"step {step}: {last_metrics['sec_per_batch'] * 1e3:.1f} ± "
+                               f"{last_metrics['sec_per_batch_std'] * 1e3:.1f} ms/batch, "
+                               f"{last_metrics['sec_per_example'] * 1e6:.1f} µs/example")
+            results = {}
+            if eval_every and step % eval_every == 0 and step != total_steps:
+                results = run_eval(step)
+                tqdm.write(f"step {step}: " + "; ".join(f"{s} {_fmt(v)}" for s, v in results.items()))
+            if save_every and step % save_every == 0 and step != total_steps:
+                # never checkpoint a state reached through skipped (non-finite) updates
+                if check(_scalars({"nonfinite": metrics["nonfinite"]}), step) == 0:
+                    save(step, results)
+        if pending is not None:
+            check(pending, total_steps)
+    finally:
+        bar.close()
     elapsed = time.perf_counter() - t_start
     history["final_eval"] = final = run_eval(total_steps)
-    best = min(best, final.get("validation", {}).get("nll", math.inf))
     print(f"step {total_steps}: " + "; ".join(f"{s} {_fmt(r)}" for s, r in final.items()))
+    if total_steps > start and (pending is None or int(pending["nonfinite"]) == 0):
+        save(total_steps, final)
+    ckpt.wait()
+    ckpt.close()
 
     model_out = eqx.combine(params, static)
     samples = jax.vmap(lambda k: model_out.sample(k))(jax.random.split(k_sample, cfg.num_samples))
@@ -270,7 +405,13 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
     elif num_dims >= 2:
         more = jax.vmap(lambda k: model_out.sample(k))(jax.random.split(k_sample, 20000))
         save_points(np.asarray(more), samples_path)
+    if samples_path.exists():
+        wb.image("samples", samples_path, total_steps)
     log.write(step=total_steps, split="summary", seconds=elapsed, best_validation_nll=best)
     log.close()
-    print(f"zoo.train: {total_steps} steps in {elapsed:.1f} s. Wrote {run_dir}/metrics.jsonl, {samples_path}")
-    return {"model": model_out, "history": history, "run_dir": run_dir, "samples": samples_path}
+    wb.finish()
+    print(f"zoo.train: {total_steps - start} steps in {elapsed:.1f} s. Wrote {run_dir}/metrics.jsonl, "
+          f"{samples_path}, checkpoints in {ckpt.directory}")
+    print(f"  sample more: python -m zoo.sample --checkpoint {ckpt.directory} --num 64 --out {run_dir}/grid.png")
+    return {"model": model_out, "history": history, "run_dir": run_dir, "samples": samples_path,
+            "checkpoints": ckpt.directory, "params": params}
