@@ -20,7 +20,6 @@ import json
 import shutil
 import tarfile
 import tempfile
-import types
 import typing
 import urllib.parse
 import urllib.request
@@ -159,21 +158,39 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _extract(archive: Path, dest: Path) -> Path:
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")  # refuses absolute paths and links out of dest
-    found = [p.parent for p in dest.rglob("meta/metadata")]
+def _extract_into(archive: Path, dest: Path) -> Path:
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")  # refuses absolute paths and links out of dest
+    except (tarfile.TarError, OSError, EOFError) as e:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise CheckpointError(f"{archive}: not a readable checkpoint archive ({e})") from None
+    return dest
+
+
+def _extract_found(dest: Path, archive: Path) -> Path:
+    found = [p.parent.parent for p in dest.rglob("meta/metadata")]
     if len(found) != 1:
         raise CheckpointError(f"{archive}: expected one zoo checkpoint inside, found {len(found)}")
     return found[0]
 
 
+def _cache_dir() -> Path:
+    import os
+
+    root = Path(os.environ.get("ZOO_CACHE_DIR") or Path.home() / ".cache" / "zoo")
+    path = root / "pretrained"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _resolve(path_or_url, sha256):
-    """A local checkpoint directory for a directory, an archive file or a URL."""
+    """A local checkpoint directory for a directory, an archive file or a URL
+    (downloads and extractions are cached under $ZOO_CACHE_DIR, default
+    ~/.cache/zoo)."""
     s = str(path_or_url)
     if urllib.parse.urlparse(s).scheme in ("http", "https"):
-        cache = Path.home() / ".cache" / "zoo" / "pretrained"
-        cache.mkdir(parents=True, exist_ok=True)
+        cache = _cache_dir()
         local = cache / Path(urllib.parse.urlparse(s).path).name
         if not local.exists():
             tmp = local.with_suffix(local.suffix + ".part")
@@ -188,12 +205,16 @@ def _resolve(path_or_url, sha256):
         if sha256 is not None:
             raise CheckpointError("sha256 verifies an archive file (.tar.gz); pass the archive, not a directory")
         return path
-    if sha256 is not None:
-        got = _sha256(path)
-        if got != sha256.lower():
-            raise CheckpointError(f"{path}: sha256 {got} does not match the expected {sha256}")
-    out = Path(tempfile.mkdtemp(prefix="zoo-pretrained-"))
-    return _extract(path, out)
+    digest = _sha256(path)
+    if sha256 is not None and digest != sha256.lower():
+        raise CheckpointError(f"{path}: sha256 {digest} does not match the expected {sha256}")
+    out = _cache_dir() / digest
+    if out.is_dir():
+        return _extract_found(out, path)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{digest}.", dir=out.parent))
+    _extract_found(_extract_into(path, tmp), path)
+    tmp.replace(out)
+    return _extract_found(out, path)
 
 
 def load_pretrained(path_or_url, *, sha256: str | None = None, step: int | None = None):
@@ -213,7 +234,8 @@ def load_with_meta(path_or_url, *, sha256: str | None = None, step: int | None =
     shape, metrics, ...)."""
     path = _resolve(path_or_url, sha256)
     if not (path / "meta").is_dir():  # a CheckpointManager directory
-        return Checkpoints(path, create=False).load_model(step=step)
+        with Checkpoints(path, create=False, asynchronous=False) as ckpts:
+            return ckpts.load_model(step=step)
     meta = read_meta(path)
     model, _ = _restore_model(path, meta)
     return model, meta
@@ -267,6 +289,12 @@ class Checkpoints:
 
     def close(self):
         self.manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def steps(self) -> list[int]:
         self.manager.reload()

@@ -91,6 +91,8 @@ def make_train_step(static, optimizer, mesh):
 
     def train_step(params, opt_state, x, mask, key, step):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, mask, key, step)
+        # a NaN/inf loss with finite gradients (e.g. from a where) is skipped too
+        grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(loss), g, jnp.nan), grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         model = eqx.combine(params, static)
@@ -123,12 +125,15 @@ def make_eval_step(static, mesh):
     return jax.jit(fn, in_shardings=(replicated, batch, batch, replicated), out_shardings=replicated)
 
 
-def global_batch(mesh, local: np.ndarray):
-    """This process's rows -> one global array split over the "data" axis."""
+def global_batch(mesh, local: np.ndarray, dtype=None):
+    """This process's rows -> one global array split over the "data" axis
+    (float data cast to `dtype`, the model's, e.g. float64 under x64)."""
+    if dtype is not None and np.issubdtype(local.dtype, np.floating):
+        local = local.astype(dtype, copy=False)
     return jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local)
 
 
-def evaluate(eval_step, params, pipe, mesh, *, key, num_dims, images, max_examples=None):
+def evaluate(eval_step, params, pipe, mesh, *, key, num_dims, images, max_examples=None, dtype=None):
     """Exact mean NLL over a split in nats (and bits/dim for 8-bit images)."""
     total, count = 0.0, 0.0
     for i, b in enumerate(pipe):
@@ -136,7 +141,7 @@ def evaluate(eval_step, params, pipe, mesh, *, key, num_dims, images, max_exampl
         if max_examples is not None:
             seen = i * pipe.batch_size
             mask = mask & (np.arange(len(mask)) + seen < max_examples)
-        s, c = eval_step(params, global_batch(mesh, x), global_batch(mesh, mask), jax.random.fold_in(key, i))
+        s, c = eval_step(params, global_batch(mesh, x, dtype), global_batch(mesh, mask), jax.random.fold_in(key, i))
         total, count = total + float(s), count + float(c)
         if max_examples is not None and (i + 1) * pipe.batch_size >= max_examples:
             break
@@ -259,6 +264,7 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
     key = jax.random.key(cfg.seed)
     k_model, k_train, k_eval, k_sample = jax.random.split(key, 4)
     net = model_cfg.build(input_shape=input_shape, key=k_model)
+    dtype = jax.tree.leaves(eqx.filter(net, eqx.is_inexact_array))[0].dtype  # data is fed in this dtype
     replicated = NamedSharding(mesh, P())
     optimizer = make_optimizer(cfg, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     ckpt = Checkpoints(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
@@ -282,7 +288,7 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
         # Data-dependent init (ActNorm) once, jitted, on the global batch: its
         # statistics are global across devices.
         first = next(iter(train_pipe))
-        net = eqx.filter_jit(zoo.data_init)(net, global_batch(mesh, first["x"]))
+        net = eqx.filter_jit(zoo.data_init)(net, global_batch(mesh, first["x"], dtype))
     params, static = eqx.partition(net, eqx.is_inexact_array)
     params = jax.device_put(params, replicated)
     opt_state = jax.device_put(restored.opt_state if cfg.resume else optimizer.init(params), replicated)
@@ -303,7 +309,7 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
         results = {}
         for split, pipe in eval_pipes.items():
             r = evaluate(eval_fn, params, pipe, mesh, key=jax.random.fold_in(k_eval, step), num_dims=num_dims,
-                         images=images, max_examples=cfg.max_eval_ex)
+                         images=images, max_examples=cfg.max_eval_ex, dtype=dtype)
             log.write(step=step, split=split, **r)
             wb.log({f"{split}/{k}": v for k, v in r.items()}, step)
             results[split] = r
@@ -343,7 +349,7 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
             b = next(it)
             t0 = time.perf_counter()
             params, opt_state, metrics = step_fn(
-                params, opt_state, global_batch(mesh, b["x"]), global_batch(mesh, b["mask"]),
+                params, opt_state, global_batch(mesh, b["x"], dtype), global_batch(mesh, b["mask"]),
                 jax.random.fold_in(k_train, step), jnp.asarray(step, jnp.int32),
             )
             if cfg.log_timing:
@@ -385,6 +391,12 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
                     save(step, results)
         if pending is not None:
             check(pending, total_steps)
+    except BaseException:
+        ckpt.wait()  # let the last good checkpoint finish writing
+        ckpt.close()
+        log.close()
+        wb.finish()
+        raise
     finally:
         bar.close()
     elapsed = time.perf_counter() - t_start
