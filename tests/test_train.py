@@ -69,3 +69,34 @@ def test_missing_dataset_exits_nonzero_with_download_command(tmp_path):
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert "mnist" in r.stderr and "scripts/download_data.py mnist --data-dir" in r.stderr
+
+
+def test_wandb_offline_logs_scalars_and_sample_grid(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    r = subprocess.run(
+        [sys.executable, "-m", "zoo.train", "--model", "realnvp", "--data", "moons", "--steps", "20",
+         "--eval-every", "10", "--log-interval", "5", "--out-dir", str(tmp_path), "--no-progress",
+         "--wandb.project", "zoo-test", "--wandb.mode", "offline"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    runs = list((tmp_path / "realnvp-moons" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    records = next(runs[0].glob("run-*.wandb")).read_bytes()
+    for key in (b"train/loss", b"validation/nll", b"test/nll", b"train/steps_per_sec"):
+        assert key in records, key
+    assert list(runs[0].glob("files/media/images/samples_*.png"))
+
+
+def test_preset_values_are_defaults_that_flags_override(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text('model = "nsf"\ndata = "circles"\n[model_cfg]\nnum_bins = 6\n[train]\nlr = 0.003\nsteps = 9\n')
+    model, model_cfg, data, cfg = parse(["--config", str(preset), "--steps", "4"])
+    assert (model, data, model_cfg.num_bins, cfg.lr, cfg.steps) == ("nsf", "circles", 6, 0.003, 4)
+    preset.write_text('model = "nsf"\n[train]\nno_such_option = 1\n')
+    with pytest.raises(SystemExit) as e:
+        parse(["--config", str(preset)])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        parse(["--config", "no_such_preset"])
+    assert e.value.code == 2
