@@ -122,6 +122,11 @@ def parse(argv=None):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--distributed" in argv:  # before anything (plugins included) touches a JAX backend
+        import jax
+
+        jax.distributed.initialize()
     model, model_cfg, data, cfg = parse(argv)
     from zoo.data import MissingDatasetError
     from zoo.train.loop import TrainingDiverged, train

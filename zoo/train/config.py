@@ -76,6 +76,9 @@ class TrainConfig:
     """Steps between checkpoints (0: at every evaluation and at the end)."""
     keep_checkpoints: int = 3
     """Keep the latest N checkpoints (plus the best-validation one)."""
+    distributed: bool = False
+    """Multi-host: call jax.distributed.initialize() first (the cluster is auto-detected: SLURM, TPU pods,
+    or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); each process feeds its own data shard."""
     resume: bool = False
     """Continue the run in OUT_DIR/NAME from its newest good checkpoint."""
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)

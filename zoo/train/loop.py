@@ -153,19 +153,23 @@ def evaluate(eval_step, params, pipe, mesh, *, key, num_dims, images, max_exampl
 
 
 class _Log:
-    """metrics.jsonl in the run directory (one JSON object per line)."""
+    """metrics.jsonl in the run directory (one JSON object per line), written
+    by process 0 only."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.file = open(path, "a")
+        self.file = open(path, "a") if jax.process_index() == 0 else None
 
     def write(self, **record):
+        if self.file is None:
+            return
         clean = {k: (float(v) if isinstance(v, (np.floating, jax.Array)) else v) for k, v in record.items()}
         self.file.write(json.dumps(clean) + "\n")
         self.file.flush()
 
     def close(self):
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def _fmt(metrics: dict) -> str:
@@ -176,7 +180,7 @@ def _run_dir(cfg: TrainConfig, name: str) -> Path:
     """OUT_DIR/NAME; a fresh run never overwrites one that has checkpoints
     (it gets NAME-2, NAME-3, ...); --resume continues it."""
     base = Path(cfg.out_dir) / name
-    if cfg.resume:
+    if cfg.resume or jax.process_count() > 1:  # processes must agree on one directory
         if not (base / "checkpoints").is_dir():
             raise FileNotFoundError(f"--resume: no checkpoints in {base}/checkpoints to resume from")
         return base
@@ -192,7 +196,7 @@ class _Wandb:
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, name: str, config: dict):
         self.run = None
-        if cfg.wandb.project is None:
+        if cfg.wandb.project is None or jax.process_index() != 0:
             return
         import wandb
 
@@ -228,6 +232,9 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
     """Train `model_cfg` (the config of registered model `model`) on dataset
     `data`; returns the final metrics and the paths written."""
     from tqdm.auto import tqdm
+
+    if cfg.distributed and not jax.distributed.is_initialized():
+        jax.distributed.initialize()  # cluster auto-detected (SLURM, TPU, JAX_COORDINATOR_ADDRESS, ...)
 
     from zoo.checkpoint import Checkpoints, config_to_json
     from zoo.data import pipeline
@@ -412,7 +419,9 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
     from zoo.images import save_grid, save_points
 
     samples_path = run_dir / "samples.png"
-    if images:
+    if jax.process_index() != 0:
+        pass
+    elif images:
         save_grid(np.asarray(samples), samples_path)
     elif num_dims >= 2:
         more = jax.vmap(lambda k: model_out.sample(k))(jax.random.split(k_sample, 20000))
