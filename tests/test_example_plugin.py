@@ -107,6 +107,18 @@ def test_separately_installed_plugin_is_discovered_and_works(installed_plugin, t
     proc = _run([sys.executable, str(script), str(site), str(src / "tests")], cwd=tmp_path, env=env)
     assert "CHECKS PASSED" in proc.stdout
 
+    # The plugin's model trains through the shared CLI, its fields as flags,
+    # and its checkpoint is sampled without naming the architecture.
+    runs = tmp_path / "runs"
+    proc = _run([sys.executable, "-m", "zoo.train", "--model", "example_flow", "--data", "moons", "--steps", "30",
+                 "--eval-every", "0", "--out-dir", str(runs), "--no-progress", "--model-cfg.num-blocks", "2"],
+                cwd=tmp_path, env={**env, "WANDB_MODE": "disabled"})
+    assert "example_flow on moons" in proc.stdout
+    grid = tmp_path / "grid.png"
+    _run([sys.executable, "-m", "zoo.sample", "--checkpoint", str(runs / "example_flow-moons" / "checkpoints"),
+          "--num", "100", "--out", str(grid)], cwd=tmp_path, env=env)
+    assert grid.stat().st_size > 0
+
 
 def test_plugin_is_not_visible_without_installing():
     # Guards the test above: the plugin must come from the temporary install,
