@@ -143,6 +143,8 @@ def read_meta(path) -> dict:
 def _restore_model(path: Path, meta: dict, sharding=None):
     cfg = config_from_json(meta["model"], meta["model_cfg"])
     abstract = abstract_model(meta["model"], cfg, meta["input_shape"])
+    # onto this machine's first device, whatever topology it was saved from
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = _abstract(model_arrays(abstract), sharding)
     restored = _checkpointer().restore(path, args=ocp.args.Composite(model=ocp.args.StandardRestore(target)))
     arrays = restored["model"]

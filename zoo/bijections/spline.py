@@ -4,6 +4,7 @@
 self-normalizing flows' spline activation use.
 """
 
+import math
 from typing import ClassVar
 
 import equinox as eqx
@@ -19,7 +20,7 @@ MIN_BIN = 1e-3
 MIN_DERIVATIVE = 1e-3
 # softplus(c) + MIN_DERIVATIVE == 1: unnormalised derivatives at this value
 # make the spline the identity (with zero widths/heights).
-IDENTITY_DERIVATIVE = float(jnp.log(jnp.expm1(1.0 - MIN_DERIVATIVE)))
+IDENTITY_DERIVATIVE = math.log(math.expm1(1.0 - MIN_DERIVATIVE))  # plain math: importing zoo must not start a JAX backend
 
 
 def num_spline_params(num_bins: int) -> int:

@@ -124,9 +124,13 @@ def parse(argv=None):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--distributed" in argv:  # before anything (plugins included) touches a JAX backend
-        import jax
+        from zoo.train.loop import initialize_distributed
 
-        jax.distributed.initialize()
+        pre = argparse.ArgumentParser(add_help=False)
+        for flag, kind in (("--coordinator-address", str), ("--num-processes", int), ("--process-id", int)):
+            pre.add_argument(flag, type=kind)
+        known, _ = pre.parse_known_args(argv)
+        initialize_distributed(known.coordinator_address, known.num_processes, known.process_id)
     model, model_cfg, data, cfg = parse(argv)
     from zoo.data import MissingDatasetError
     from zoo.train.loop import TrainingDiverged, train

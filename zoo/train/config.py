@@ -77,8 +77,14 @@ class TrainConfig:
     keep_checkpoints: int = 3
     """Keep the latest N checkpoints (plus the best-validation one)."""
     distributed: bool = False
-    """Multi-host: call jax.distributed.initialize() first (the cluster is auto-detected: SLURM, TPU pods,
-    or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); each process feeds its own data shard."""
+    """Multi-host: call jax.distributed.initialize() first (auto-detected on SLURM and TPU pods, else give the
+    three flags below); each process feeds its own shard of the data."""
+    coordinator_address: str | None = None
+    """With --distributed: host:port of process 0."""
+    num_processes: int | None = None
+    """With --distributed: number of processes."""
+    process_id: int | None = None
+    """With --distributed: this process's index."""
     resume: bool = False
     """Continue the run in OUT_DIR/NAME from its newest good checkpoint."""
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)

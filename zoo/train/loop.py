@@ -33,6 +33,15 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive non-finite gradients."""
 
 
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
+    """jax.distributed.initialize once (None: auto-detected on SLURM / TPU pods).
+    CPU collectives go over gloo, so several CPU processes form one mesh too."""
+    if jax.distributed.is_initialized():
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
 def make_mesh(devices=None):
     """A 1-D mesh over all devices with axis "data" (Auto axes, so jit
     propagates the shardings we place on inputs)."""
@@ -180,7 +189,9 @@ def _run_dir(cfg: TrainConfig, name: str) -> Path:
     """OUT_DIR/NAME; a fresh run never overwrites one that has checkpoints
     (it gets NAME-2, NAME-3, ...); --resume continues it."""
     base = Path(cfg.out_dir) / name
-    if cfg.resume or jax.process_count() > 1:  # processes must agree on one directory
+    if jax.process_count() > 1:  # processes must agree on one directory: no renaming
+        return base
+    if cfg.resume:
         if not (base / "checkpoints").is_dir():
             raise FileNotFoundError(f"--resume: no checkpoints in {base}/checkpoints to resume from")
         return base
@@ -233,8 +244,8 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
     `data`; returns the final metrics and the paths written."""
     from tqdm.auto import tqdm
 
-    if cfg.distributed and not jax.distributed.is_initialized():
-        jax.distributed.initialize()  # cluster auto-detected (SLURM, TPU, JAX_COORDINATOR_ADDRESS, ...)
+    if cfg.distributed:
+        initialize_distributed(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
 
     from zoo.checkpoint import Checkpoints, config_to_json
     from zoo.data import pipeline
