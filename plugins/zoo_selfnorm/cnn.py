@@ -52,6 +52,7 @@ class CNNFlowConfig:
     """Data in [0, 1) enter through logit(alpha + (1 - 2 alpha) x); its log-det is counted."""
 
     example_input_shape: ClassVar = (1, 4, 4)
+    domain: ClassVar = (0.0, 1.0)  # pipeline images; the model starts with a logit
     example_overrides: ClassVar = {"num_blocks": 2, "layers_per_block": 2}
 
     def build(self, *, input_shape, key):

@@ -1,0 +1,187 @@
+"""`SelfNormModel`: wraps any flow containing self-normalizing layers and
+gives it the self-normalized training objective and GECO.
+
+* `log_prob` is the wrapped model's: exact (every self-normalizing layer's
+  `forward` computes its exact log-det). Evaluation NLL comes from here.
+* `loss` swaps every self-normalizing layer (wherever it sits: a Chain, a
+  stacked Scan, another family's multi-scale architecture) for a training
+  view that uses `train_forward`: no determinant and no inverse is computed;
+  the log-det gradients come from R (custom JVP rules in `layers`), and the
+  reconstruction penalty lambda_l * ||x - R W x||^2 adds its gradient.
+  The VALUE returned is therefore -log p(x) WITHOUT the self-normalizing
+  layers' log|det W| terms (they are never computed in training -- that is
+  where the speed comes from); it is also reported as aux
+  `nll_without_snf_logdet`. Aux `recon_error` holds every layer's
+  reconstruction error (in model order; stacked layers in stack order), read
+  off in the same pass as the derivative of the loss w.r.t. a zero "probe"
+  per layer (a reverse pass over the scalar log-det path only).
+* `after_step` is GECO (per-layer, as the reference): an EMA of each layer's
+  reconstruction error, ema <- a * ema + (1 - a) * rec (first step: rec), and
+  lambda <- lambda * exp(lr * (ema - tolerance)). lambda and the EMA are
+  arrays inside the layers used under stop_gradient, so the optimizer leaves
+  them alone (zero gradients); lr = 0 keeps lambda fixed.
+* `sample` uses the fast approximate inverse through R (`approx_sample`,
+  as the reference samples) or the exact inverse.
+"""
+
+import math
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from zoo.bijections import Bijection
+from zoo.flow import call_with_key
+from zoo_selfnorm.layers import AbstractSelfNorm
+
+__all__ = ["SelfNormModel", "snf_layers", "stack_shape", "configure_selfnorm", "geco_update"]
+
+
+def _is_snf(node) -> bool:
+    return isinstance(node, AbstractSelfNorm)
+
+
+def snf_layers(tree) -> list[AbstractSelfNorm]:
+    """Every self-normalizing layer in `tree`, in pytree (model) order."""
+    return [n for n in jax.tree.leaves(tree, is_leaf=_is_snf) if _is_snf(n)]
+
+
+def stack_shape(layer: AbstractSelfNorm) -> tuple[int, ...]:
+    """Leading stacking axes of a layer inside a Scan (() for a plain layer)."""
+    return layer.weight.shape[: layer.weight.ndim - layer.weight_ndim]
+
+
+def _replace(tree, fn):
+    return jax.tree.map(lambda n: fn(n) if _is_snf(n) else n, tree, is_leaf=_is_snf)
+
+
+def _with_static(layer, **changes):
+    # Static options live in the treedef: copy the module with new values
+    # (the same route Equinox's own unflattening takes).
+    new = object.__new__(type(layer))
+    for name in layer.__dataclass_fields__:
+        object.__setattr__(new, name, changes.pop(name, getattr(layer, name)))
+    if changes:
+        raise TypeError(f"{type(layer).__name__} has no options {sorted(changes)}")
+    return new
+
+
+def configure_selfnorm(model, *, recon_loss_weight=None, **static):
+    """Set options on every self-normalizing layer of a built model (for
+    architectures that create layers by registry name without options):
+    `recon_loss_weight` (re)initialises lambda; other keywords set static
+    options (modified_grad, nll_grad_scale, sym_recon_grad, only_R_recon)."""
+
+    def fn(layer):
+        changes = dict(static)
+        if recon_loss_weight is not None:
+            changes["recon_weight"] = jnp.full(stack_shape(layer), float(recon_loss_weight), layer.weight.dtype)
+        return _with_static(layer, **changes)
+
+    return _replace(model, fn)
+
+
+class _TrainView(Bijection):
+    layer: AbstractSelfNorm
+    probe: jax.Array
+
+    def forward(self, x):
+        return self.layer.train_forward(x, self.probe)
+
+    def inverse(self, y):
+        return self.layer.inverse(y)
+
+
+class _ApproxInverseView(Bijection):
+    layer: AbstractSelfNorm
+
+    def forward(self, x):
+        return self.layer.forward(x)
+
+    def inverse(self, y):
+        return self.layer.approx_inverse(y)
+
+
+def geco_update(lam, ema, rec, *, lr, alpha, tolerance):
+    """One GECO step for one layer (arrays broadcast): EMA of the reconstruction
+    error (started at the first value; ema < 0 means not started) and the
+    multiplicative update of its weight lambda."""
+    ema = jnp.where(ema < 0, rec, alpha * ema + (1 - alpha) * rec)
+    return lam * jnp.exp(lr * (ema - tolerance)), ema
+
+
+class SelfNormModel(eqx.Module):
+    """A flow with self-normalizing layers, trained with the self-normalized gradient."""
+
+    model: Any
+    geco_lr: float = eqx.field(static=True, default=0.0)
+    geco_alpha: float = eqx.field(static=True, default=0.9)
+    geco_tolerance: float = eqx.field(static=True, default=0.0)
+    approx_sample: bool = eqx.field(static=True, default=True)
+
+    # -- evaluation: exact
+    def log_prob(self, x, **kwargs):
+        return self.model.log_prob(x, **kwargs)
+
+    def forward(self, x):
+        return self.model.forward(x)
+
+    def inverse(self, z):
+        return self.model.inverse(z)
+
+    def bits_per_dim(self, x, *, n_bits: int = 8):
+        from zoo.flow import bits_per_dim
+
+        return bits_per_dim(self.log_prob(x), x.size, n_bits=n_bits)
+
+    def sample(self, key, *, temperature: float = 1.0, exact: bool | None = None):
+        """One sample; through R (fast) if `approx_sample`, else (or with exact=True) the true inverse."""
+        exact = (not self.approx_sample) if exact is None else exact
+        model = self.model if exact else _replace(self.model, _ApproxInverseView)
+        return model.sample(key, temperature=temperature)
+
+    def data_init(self, xs):
+        if hasattr(self.model, "data_init"):
+            inner, zs = self.model.data_init(xs)
+            return eqx.tree_at(lambda m: m.model, self, inner), zs
+        return self, xs
+
+    # -- training: self-normalized
+    def loss(self, x, *, key=None):
+        layers = snf_layers(self.model)
+        dtype = layers[0].weight.dtype if layers else x.dtype
+        probes = [jnp.zeros(stack_shape(layer), dtype) for layer in layers]
+
+        def nll(probes):
+            it = iter(probes)
+            view = _replace(self.model, lambda layer: _TrainView(layer, next(it)))
+            value = -call_with_key(view.log_prob, x, key=key)
+            return value, value
+
+        loss, pullback, _ = jax.vjp(nll, probes, has_aux=True)
+        (recs,) = pullback(jnp.ones_like(loss))
+        rec = jax.lax.stop_gradient(jnp.concatenate([r.ravel() for r in recs])) if recs else jnp.zeros((0,), dtype)
+        aux = {"nll_without_snf_logdet": loss, "recon_error": rec,
+               "recon_error_mean": jnp.mean(rec) if recs else jnp.zeros((), dtype)}
+        return loss, aux
+
+    def after_step(self, aux, *, step):
+        """GECO (see module docstring); `aux` is the batch mean of `loss`'s aux."""
+        layers = snf_layers(self.model)
+        if not layers:
+            return self
+        rec = aux["recon_error"]
+        lams, emas, i = [], [], 0
+        for layer in layers:
+            shape = stack_shape(layer)
+            n = math.prod(shape)
+            r = rec[i : i + n].reshape(shape).astype(layer.recon_weight.dtype)
+            i += n
+            lam, ema = geco_update(layer.recon_weight, layer.recon_ema, r, lr=self.geco_lr,
+                                   alpha=self.geco_alpha, tolerance=self.geco_tolerance)
+            lams.append(lam)
+            emas.append(ema)
+        model = eqx.tree_at(lambda m: [layer.recon_weight for layer in snf_layers(m)], self.model, lams)
+        model = eqx.tree_at(lambda m: [layer.recon_ema for layer in snf_layers(m)], model, emas)
+        return eqx.tree_at(lambda s: s.model, self, model)
