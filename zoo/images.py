@@ -10,8 +10,9 @@ __all__ = ["image_grid", "save_grid", "save_points"]
 
 
 def image_grid(images: np.ndarray, *, ncol: int | None = None, pad: int = 2) -> np.ndarray:
-    """(N, C, H, W) floats in [0, 1] -> one uint8 (rows, cols, C) grid (C = 1 or 3)."""
-    images = np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0)
+    """(N, C, H, W) floats in [0, 1] -> one uint8 (rows, cols, C) grid (C = 1 or 3).
+    Non-finite pixels (a diverged sample) are drawn mid-grey."""
+    images = np.clip(np.nan_to_num(np.asarray(images, dtype=np.float32), nan=0.5, posinf=1.0, neginf=0.0), 0.0, 1.0)
     n, c, h, w = images.shape
     ncol = ncol or math.ceil(math.sqrt(n))
     nrow = math.ceil(n / ncol)

@@ -56,6 +56,8 @@ class TrainConfig:
     """Steps between training-loss log lines (metrics.jsonl and progress bar)."""
     num_samples: int = 64
     """Samples drawn for samples.png at the end of training."""
+    sample_temperature: float = 1.0
+    """Temperature of those samples (scales the base noise; Glow's samples are usually shown at 0.7)."""
     seed: int = 0
     """Seeds model initialisation, data order, dequantization noise."""
     data_dir: str | None = None

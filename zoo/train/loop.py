@@ -426,7 +426,13 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
     ckpt.close()
 
     model_out = eqx.combine(params, static)
-    samples = jax.vmap(lambda k: model_out.sample(k))(jax.random.split(k_sample, cfg.num_samples))
+    from zoo.sample import sample as draw
+
+    samples = draw(model_out, k_sample, num=cfg.num_samples, temperature=cfg.sample_temperature)
+    bad = int(np.sum(~np.all(np.isfinite(samples.reshape(len(samples), -1)), axis=1)))
+    if bad:
+        print(f"zoo.train: warning: {bad} of {len(samples)} samples are not finite (drawn grey in samples.png); "
+              "try a lower --sample-temperature or train longer")
     from zoo.images import save_grid, save_points
 
     samples_path = run_dir / "samples.png"
@@ -435,8 +441,7 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
     elif images:
         save_grid(np.asarray(samples), samples_path)
     elif num_dims >= 2:
-        more = jax.vmap(lambda k: model_out.sample(k))(jax.random.split(k_sample, 20000))
-        save_points(np.asarray(more), samples_path)
+        save_points(draw(model_out, k_sample, num=20000, temperature=cfg.sample_temperature, batch=4096), samples_path)
     if samples_path.exists():
         wb.image("samples", samples_path, total_steps)
     log.write(step=total_steps, split="summary", seconds=elapsed, best_validation_nll=best)
