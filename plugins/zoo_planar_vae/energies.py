@@ -129,6 +129,11 @@ def fit_planar(energy, k: int, *, key, steps: int = 10000, batch: int = 256, lr:
 
 def reverse_kl(model: PlanarFlowDensity, energy, log_z: float, *, key, n: int = 100_000) -> tuple[float, float]:
     """Monte-Carlo KL(q || p) = E_q[log q + U] + log Z in nats, and its standard error."""
-    z, log_q = eqx.filter_jit(jax.vmap(model.sample_and_log_prob))(jax.random.split(key, n))
-    terms = np.asarray(log_q + jax.vmap(energy)(z), np.float64) + log_z
+    terms = np.asarray(_kl_terms(model, energy, jax.random.split(key, n)), np.float64) + log_z
     return float(terms.mean()), float(terms.std() / math.sqrt(n))
+
+
+@eqx.filter_jit
+def _kl_terms(model, energy, keys):
+    z, log_q = jax.vmap(model.sample_and_log_prob)(keys)
+    return log_q + jax.vmap(energy)(z)
