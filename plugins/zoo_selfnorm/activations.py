@@ -21,18 +21,20 @@ class SmoothLeakyReLU(Bijection):
 
     The inverse has no closed form: Newton's method on this convex, increasing
     map converges monotonically after the first step; it stops when every
-    element is within `tol` (relative) or after `max_iter` steps.
+    residual |f(x) - y| is within `tol` * (1 + |y|) (default: 8 machine
+    epsilons of the dtype) or after `max_iter` steps.
     """
 
     alpha: float = eqx.field(static=True)
-    tol: float = eqx.field(static=True)
+    tol: float | None = eqx.field(static=True)
     max_iter: int = eqx.field(static=True)
     example_shape: ClassVar = (5,)
 
-    def __init__(self, shape=None, *, key=None, alpha: float = 0.3, tol: float = 1e-6, max_iter: int = 100):
+    def __init__(self, shape=None, *, key=None, alpha: float = 0.3, tol: float | None = None, max_iter: int = 100):
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"SmoothLeakyReLU: alpha must be in (0, 1), got {alpha}")
-        self.alpha, self.tol, self.max_iter = float(alpha), float(tol), int(max_iter)
+        self.alpha, self.max_iter = float(alpha), int(max_iter)
+        self.tol = None if tol is None else float(tol)
 
     def _f(self, x):
         return self.alpha * x + (1 - self.alpha) * jax.nn.softplus(x)
@@ -46,7 +48,8 @@ class SmoothLeakyReLU(Bijection):
     def inverse(self, y):
         # Start on the correct asymptote: slope 1 for y > 0, slope alpha below.
         x0 = jnp.where(y > 0, y, y / self.alpha)
-        tol = self.tol * (1 + jnp.abs(y))
+        rel = 8 * jnp.finfo(y.dtype).eps if self.tol is None else self.tol
+        tol = rel * (1 + jnp.abs(y))
 
         def cond(state):
             i, _, err = state
