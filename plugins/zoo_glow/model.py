@@ -23,6 +23,7 @@ from zoo.bijections import ActNorm, AdditiveCoupling, AffineCoupling, Bijection,
 from zoo.distributions import StandardNormal
 from zoo.flow import Flow
 from zoo.nn import Conv2d
+from zoo_glow.nn import GlowConditioner
 
 __all__ = ["GlowConfig", "MultiScaleGlow", "SplitPrior"]
 
@@ -199,10 +200,13 @@ class GlowConfig:
         """One step of flow on activations of `shape`: ActNorm, mixing, coupling."""
         k_mix, k_coupling = jax.random.split(key)
         mixing = zoo.create_layer(self.mixing, key=k_mix, shape=shape, **self.mixing_options())
+        c1 = shape[0] // 2
         if self.coupling == "affine":
-            coupling = AffineCoupling(shape, key=k_coupling, scale="sigmoid", width=self.width)
+            net = GlowConditioner(c1, 2 * (shape[0] - c1), width=self.width, key=k_coupling)
+            coupling = AffineCoupling(shape, key=k_coupling, conditioner=net, split=c1, scale="sigmoid")
         elif self.coupling == "additive":
-            coupling = AdditiveCoupling(shape, key=k_coupling, width=self.width)
+            net = GlowConditioner(c1, shape[0] - c1, width=self.width, key=k_coupling)
+            coupling = AdditiveCoupling(shape, key=k_coupling, conditioner=net, split=c1)
         else:
             raise ValueError(f"glow: coupling must be 'affine' or 'additive', got {self.coupling!r}")
         return [ActNorm(shape), mixing, coupling]

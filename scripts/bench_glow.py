@@ -1,0 +1,139 @@
+"""Glow benchmarks: training-step time per mixing layer, and compile time against depth.
+
+    OPENBLAS_NUM_THREADS=1 python scripts/bench_glow.py step [--mixing conv1x1 selfnorm_conv1x1] [--repeats 30]
+    OPENBLAS_NUM_THREADS=1 python scripts/bench_glow.py compile [--depths 4 32] [--repeats 3]
+
+`step`: a Glow (3 levels x 8 steps, width 64 by default) on 3 x 32 x 32 inputs,
+batch 64; one jitted Adam training step (loss, gradients, update, and the
+model's `after_step` hook if it has one), median wall time over repeats after
+warm-up. Mixing layers are given by registered name; names not registered in
+this environment are skipped with a note. Ratios are against the first
+mixing layer, measured in the same process.
+
+`compile`: trace + lower + compile time of the same training step for
+3-level Glows with each depth (steps per level), median over repeats, and
+the ratio to the shallowest. The steps of a level are scanned, so it should
+stay flat in depth.
+"""
+
+import argparse
+import inspect
+import statistics
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import zoo
+
+
+def make_model(mixing, *, levels, depth, width, shape, key):
+    return zoo.create_model("glow", key=key, input_shape=shape, levels=levels, depth=depth, width=width, mixing=mixing)
+
+
+def make_step(static, opt, takes_step, has_after_step):
+    def step(params, opt_state, xs, key, i):
+        def loss(p):
+            m = eqx.combine(p, static)
+            keys = jax.random.split(key, len(xs))
+            kw = {"step": i} if takes_step else {}
+            losses, aux = jax.vmap(lambda x, k: m.loss(x, key=k, **kw))(xs, keys)
+            return jnp.mean(losses), jax.tree.map(lambda a: jnp.mean(a, axis=0), aux)
+
+        (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        if has_after_step:
+            params = eqx.filter(eqx.combine(params, static).after_step(aux, step=i), eqx.is_inexact_array)
+        return params, opt_state, value
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def prepare(model, batch):
+    model = eqx.filter_jit(zoo.data_init)(model, batch)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    opt = optax.adam(1e-3)
+    takes_step = "step" in inspect.signature(model.loss).parameters
+    return params, static, opt, make_step(static, opt, takes_step, hasattr(model, "after_step"))
+
+
+def bench_step(args):
+    shape = (3, 32, 32)
+    rng = np.random.default_rng(0)
+    xs = jnp.asarray(rng.uniform(size=(args.batch,) + shape), jnp.float32)
+    registered = set(zoo.list_layers())
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; Glow {args.levels} levels x {args.depth} steps, "
+          f"width {args.width}, input {shape}, batch {args.batch}; median of {args.repeats} steps\n")
+    print(f"{'mixing':<20} {'step ms':>9} {'min ms':>8} {'x first':>8}")
+    base = None
+    for mixing in args.mixing:
+        if mixing not in registered:
+            print(f"{mixing:<20} skipped: not a registered layer here")
+            continue
+        model = make_model(mixing, levels=args.levels, depth=args.depth, width=args.width, shape=shape,
+                           key=jax.random.key(0))
+        params, static, opt, step = prepare(model, xs)
+        opt_state = opt.init(params)
+        key = jax.random.key(1)
+        for i in range(3):  # compile + warm-up
+            params, opt_state, loss = step(params, opt_state, xs, key, jnp.int32(i))
+        jax.block_until_ready(loss)
+        times = []
+        for i in range(args.repeats):
+            t0 = time.perf_counter()
+            params, opt_state, loss = step(params, opt_state, xs, jax.random.fold_in(key, i), jnp.int32(i))
+            jax.block_until_ready(loss)
+            times.append(time.perf_counter() - t0)
+        t = statistics.median(times) * 1e3
+        base = base or t
+        print(f"{mixing:<20} {t:>9.1f} {min(times) * 1e3:>8.1f} {t / base:>8.2f}   (loss {float(loss):.1f})")
+
+
+def bench_compile(args):
+    shape = (3, 32, 32)
+    xs = jnp.asarray(np.random.default_rng(0).uniform(size=(args.batch,) + shape), jnp.float32)
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; Glow {args.levels} levels, width {args.width}, "
+          f"mixing {args.mixing[0]}, batch {args.batch}; trace+lower+compile of one Adam step, "
+          f"median of {args.repeats}\n")
+    print(f"{'depth':>6} {'compile s':>10} {'x shallowest':>13}")
+    base = None
+    for depth in args.depths:
+        model = make_model(args.mixing[0], levels=args.levels, depth=depth, width=args.width, shape=shape,
+                           key=jax.random.key(0))
+        params, static, opt, _ = prepare(model, xs)
+        opt_state = opt.init(params)
+        times = []
+        for _ in range(args.repeats):
+            takes_step = "step" in inspect.signature(model.loss).parameters
+            step = make_step(static, opt, takes_step, hasattr(model, "after_step"))  # fresh: no cache hit
+            t0 = time.perf_counter()
+            step.lower(params, opt_state, xs, jax.random.key(1), jnp.int32(0)).compile()
+            times.append(time.perf_counter() - t0)
+        t = statistics.median(times)
+        base = base or t
+        print(f"{depth:>6} {t:>10.2f} {t / base:>13.2f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["step", "compile"])
+    parser.add_argument("--mixing", nargs="+", default=["conv1x1", "selfnorm_conv1x1"],
+                        help="registered mixing-layer names (compile uses the first)")
+    parser.add_argument("--levels", type=int, default=3)
+    parser.add_argument("--depth", type=int, default=8)
+    parser.add_argument("--depths", type=int, nargs="+", default=[4, 32])
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    if args.repeats is None:
+        args.repeats = 30 if args.what == "step" else 3
+    (bench_step if args.what == "step" else bench_compile)(args)
+
+
+if __name__ == "__main__":
+    main()
