@@ -60,12 +60,18 @@ def power_iteration(kernel: Array, v: Array, iterations: int) -> tuple[Array, Ar
     """`iterations` steps of v <- M^T M v / ||.|| from `v` (input-space, C x H x W).
     Returns (u, v): unit vectors with u ~ M v / ||M v|| (left and right top
     singular vectors of M as the iteration converges)."""
+    def step(_, uv):
+        v = _normalise(conv_same_transpose(uv[0], kernel))
+        return _normalise(conv_same(v, kernel)), v
+
     v = _normalise(v)
-    u = _normalise(conv_same(v, kernel))
-    for _ in range(iterations):
-        v = _normalise(conv_same_transpose(u, kernel))
-        u = _normalise(conv_same(v, kernel))
-    return u, v
+    uv = (_normalise(conv_same(v, kernel)), v)
+    if iterations == 1:  # the per-call default: no loop
+        return step(0, uv)
+    return jax.lax.fori_loop(0, iterations, step, uv)
+
+
+_power_iteration_jit = jax.jit(power_iteration, static_argnums=2)
 
 
 class ConvExp(Bijection):
@@ -118,7 +124,7 @@ class ConvExp(Bijection):
         kshape = (c, c, kernel_size, kernel_size)
         self.kernel = jax.random.normal(k_kernel, kshape) / math.prod(kshape[1:])
         # A converged start, so the first calls already see a good sigma.
-        _, v = power_iteration(self.kernel, jax.random.normal(k_vec, (c, h, w)), 50)
+        _, v = _power_iteration_jit(self.kernel, jax.random.normal(k_vec, (c, h, w)), 50)
         self.power_vector = v
         self.inference = inference
         self.kernel_size = kernel_size

@@ -1,0 +1,238 @@
+"""The emerging plugin: emerging convolution and convolution exponential layers,
+and the emerging_cnn / exponential_cnn models.
+
+The registered layers and models also run through the generic conformance
+tests (tests/test_bijections.py, tests/test_models.py); here: variants, the
+convolution helpers against lax.conv, the autoregressive structure, exact
+inverses in float32, exp(M) against a dense matrix exponential, spectral
+normalisation, gradients against finite differences, and the train/eval terms.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import zoo
+from zoo.bijections import Chain, Scan
+from zoo.testing import check_bijection
+from zoo_emerging import ConvExp, Emerging, causal_mask, conv_exp, refresh_power_vectors
+from zoo_emerging.conv import conv_causal, conv_same, conv_same_transpose
+
+KEY = jax.random.key(0)
+
+
+def _dense(fn, shape):
+    """The matrix of a linear map of C x H x W images (flattened C-major)."""
+    return jax.jacfwd(lambda v: fn(v.reshape(shape)).ravel())(jnp.zeros(int(np.prod(shape))))
+
+
+def _to64(tree):
+    return jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, tree)
+
+
+def _scaled(layer, name, factor):
+    return eqx.tree_at(lambda m: getattr(m, name), layer, getattr(layer, name) * factor)
+
+
+def test_layers_registered():
+    assert zoo.get_layer("emerging") is Emerging and zoo.get_layer("conv_exp") is ConvExp
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda k: Emerging((3, 3, 5), key=k, kernel_size=3), (3, 3, 5)),  # 5x5 emerging conv, H != W
+        (lambda k: ConvExp((1, 5, 3), key=k, kernel_size=5, mix=False, terms_eval=18), (1, 5, 3)),
+    ],
+)
+def test_layer_variants_conform(make, shape):
+    check_bijection(make(KEY), jax.random.normal(jax.random.key(2), shape))
+
+
+@jax.jit
+def _conv_cases(x, y, kernels, causal_kernels):
+    dn = ("NCHW", "OIHW", "NCHW")
+    out = []
+    for kern in kernels:
+        want = jax.lax.conv_general_dilated(x[None], kern, (1, 1), "SAME", dimension_numbers=dn)[0]
+        # adjoint: <M x, y> = <x, M^T y>
+        out.append((conv_same(x, kern), want, jnp.vdot(conv_same(x, kern), y), jnp.vdot(x, conv_same_transpose(y, kern))))
+    for kern in causal_kernels:
+        s = kern.shape[-1]
+        want = jax.lax.conv_general_dilated(x[None], kern, (1, 1), ((s - 1, 0), (s - 1, 0)), dimension_numbers=dn)[0]
+        centre = kern * (jnp.arange(s)[:, None] + jnp.arange(s) == 2 * (s - 1))
+        out.append((conv_causal(x, kern), want, conv_causal(x, kern, skip_centre=True), want - conv_causal(x, centre)))
+    return out
+
+
+def test_convolutions_match_lax_conv_and_adjoint():
+    x = jax.random.normal(KEY, (3, 6, 5))
+    y = jax.random.normal(jax.random.key(1), (4, 6, 5))
+    kernels = [jax.random.normal(jax.random.key(k), (4, 3, k, k)) for k in (1, 5)]
+    causal = [jax.random.normal(jax.random.key(s), (4, 3, s, s)) for s in (2, 3)]
+    for got, want, a, b in _conv_cases(x, y, kernels, causal):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_autoregressive_conv_is_triangular_with_centre_diagonal():
+    c, h, w, s = 3, 4, 5, 2
+    kern = jax.random.normal(KEY, (c, c, s, s)) * jnp.asarray(causal_mask(c, s))
+    jac = np.asarray(_dense(lambda v: conv_causal(v, kern), (c, h, w)))
+    # reorder to pixel-major raster order (i, j, channel): then lower triangular
+    perm = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
+    jac = jac[np.ix_(perm, perm)]
+    np.testing.assert_array_equal(np.triu(jac, 1), 0.0)
+    np.testing.assert_allclose(np.diag(jac), np.tile(np.diag(kern[:, :, s - 1, s - 1]), h * w), rtol=1e-6)
+
+
+def test_emerging_logdet_is_centre_diagonals_times_hw():
+    shape = (2, 3, 4)
+    layer = Emerging(shape, key=KEY)
+    layer = eqx.tree_at(lambda m: m.weights, layer, layer.weights + 0.2 * jax.random.normal(KEY, layer.weights.shape))
+    _, ld = eqx.filter_jit(layer.forward)(jnp.ones(shape))
+    d = np.concatenate([np.diag(layer.weights[i, :, :, 1, 1]) for i in range(2)])
+    want = 12 * (np.sum(np.log(np.abs(d))) + float(jnp.sum(layer.mix.log_s)))
+    np.testing.assert_allclose(ld, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape, kernel_size", [((3, 7, 10), 3), ((1, 28, 28), 2)])
+def test_emerging_inverse_exact_in_float32(shape, kernel_size):
+    layer = Emerging(shape, key=KEY, kernel_size=kernel_size)
+    # away from the identity initialisation. (Much larger off-centre taps make
+    # the substitution itself ill-conditioned -- rounding errors grow
+    # geometrically across the image in any precision -- a property of
+    # autoregressive inverses, not of the solver.)
+    noise = 0.1 * jax.random.normal(jax.random.key(5), layer.weights.shape)
+    layer = eqx.tree_at(lambda m: m.weights, layer, layer.weights + noise)
+    x = jax.random.normal(jax.random.key(3), shape)
+    y, ld = eqx.filter_jit(lambda m, v: m.forward(v))(layer, x)
+    x_rec, ld_inv = eqx.filter_jit(lambda m, v: m.inverse(v))(layer, y)
+    assert x_rec.dtype == jnp.float32
+    assert float(jnp.max(jnp.abs(x_rec - x))) <= 1e-4
+    np.testing.assert_allclose(ld_inv, -ld, rtol=1e-6)
+
+
+def test_conv_exp_is_matrix_exponential_with_trace_logdet():
+    shape = (2, 3, 4)
+
+    @eqx.filter_jit
+    def outputs(layer, x):
+        kernel = layer.normalised_kernel()
+        m = _dense(lambda v: conv_same(v, kernel), shape)
+        expm = jax.scipy.linalg.expm(m)
+        y, ld = layer.forward(x)
+        return dict(y=y.ravel(), want=expm @ x.ravel(), ld=ld, trace=jnp.trace(m),
+                    centre=12 * jnp.trace(kernel[:, :, 1, 1]), slogdet=jnp.linalg.slogdet(expm)[1])
+
+    with jax.enable_x64(True):
+        layer = _to64(ConvExp(shape, key=KEY, mix=False, terms_eval=20))
+        layer = _scaled(layer, "kernel", 30.0)  # large: spectral normalisation is active
+        out = outputs(layer, jax.random.normal(jax.random.key(4), shape, jnp.float64))
+        np.testing.assert_allclose(out["y"], out["want"], rtol=1e-9, atol=1e-10)
+        # log det exp(M) = tr M = H W sum_c K[c, c, centre]
+        for name in ("trace", "centre", "slogdet"):
+            np.testing.assert_allclose(out["ld"], out[name], rtol=1e-8)
+
+
+@pytest.mark.parametrize("shape", [(4, 7, 7)])
+def test_conv_exp_inverse_exact_in_float32(shape):
+    layer = _scaled(ConvExp(shape, key=KEY), "kernel", 20.0)
+    x = jax.random.normal(jax.random.key(3), shape)
+    y, ld = eqx.filter_jit(lambda m, v: m.forward(v))(layer, x)
+    x_rec, ld_inv = eqx.filter_jit(lambda m, v: m.inverse(v))(layer, y)
+    assert float(jnp.max(jnp.abs(x_rec - x))) <= 1e-4
+    np.testing.assert_allclose(ld_inv, -ld, rtol=1e-6)
+
+
+def test_spectral_normalisation_bounds_the_operator_norm():
+    shape = (3, 5, 5)
+
+    @eqx.filter_jit
+    def outputs(layer):
+        k = layer.normalised_kernel()
+        return dict(estimate=layer.spectral_norm(), kernel=layer.kernel, normalised=k,
+                    true=jnp.linalg.norm(_dense(lambda v: conv_same(v, layer.kernel), shape), 2),
+                    true_normalised=jnp.linalg.norm(_dense(lambda v: conv_same(v, k), shape), 2))
+
+    with jax.enable_x64(True):
+        layer = _to64(ConvExp(shape, key=KEY, mix=False, power_iterations=30))
+        big = outputs(_scaled(layer, "kernel", 40.0))
+        assert big["true"] > 1.5
+        np.testing.assert_allclose(big["estimate"], big["true"], rtol=1e-6)
+        np.testing.assert_allclose(big["true_normalised"], 0.9, rtol=1e-6)
+        # a kernel already inside the bound is left alone
+        small = outputs(_scaled(layer, "kernel", 0.5 / float(big["true"] / 40.0)))
+        np.testing.assert_allclose(small["true"], 0.5, rtol=1e-6)
+        np.testing.assert_allclose(small["normalised"], small["kernel"], rtol=1e-12)
+
+
+def test_power_vectors_refresh_inside_a_scan():
+    shape = (2, 4, 4)
+    keys = jax.random.split(KEY, 3)
+    layers = [_scaled(ConvExp(shape, key=k, mix=False), "kernel", 10.0) for k in keys]
+    # a poor start: the stored vector is reset to a fixed random one
+    v0 = jax.random.normal(jax.random.key(9), shape)
+    layers = [eqx.tree_at(lambda m: m.power_vector, layer, v0) for layer in layers]
+    chain = Chain(layers)
+    assert isinstance(chain.layers[0], Scan)
+    true = [np.linalg.norm(np.asarray(_dense(lambda v: conv_same(v, layer.kernel), shape)), 2) for layer in layers]
+
+    params, static = eqx.partition(chain, eqx.is_array)
+
+    @jax.jit
+    def estimates(params, refreshes):
+        params = jax.lax.fori_loop(
+            0, refreshes, lambda _, p: eqx.filter(refresh_power_vectors(eqx.combine(p, static)), eqx.is_array), params
+        )
+        return eqx.filter_vmap(lambda m: m.spectral_norm())(eqx.combine(params, static).layers[0].stacked)
+
+    first, after = np.asarray(estimates(params, 0)), np.asarray(estimates(params, 60))
+    np.testing.assert_allclose(after, true, rtol=1e-3)
+    assert np.all(first <= np.asarray(true) * (1 + 1e-6))  # u^T M v never overestimates
+    assert np.all(np.abs(after - true) < np.abs(first - true))
+
+
+def test_conv_exp_gradient_matches_finite_differences():
+    # With a converged power iteration, d sigma / dK = u v^T contracted: the
+    # stop-gradient'd vectors give the true gradient of the normalised layer.
+    shape = (2, 3, 3)
+    with jax.enable_x64(True):
+        # scaling the kernel keeps its singular vectors: the stored vector is converged
+        layer = ConvExp(shape, key=KEY, power_iterations=2)
+        layer = _to64(layer)
+        layer = _scaled(layer, "kernel", 25.0)
+        x = jax.random.normal(jax.random.key(6), shape, jnp.float64)
+
+        def f(kernel):
+            out, ld = eqx.tree_at(lambda m: m.kernel, layer, kernel).forward(x)
+            return jnp.sum(jnp.tanh(out)) + ld
+
+        @jax.jit
+        def directional(d, eps=1e-5):
+            fd = (f(layer.kernel + eps * d) - f(layer.kernel - eps * d)) / (2 * eps)
+            return jnp.vdot(jax.grad(f)(layer.kernel), d), fd
+
+        for i in range(2):
+            got, fd = directional(jax.random.normal(jax.random.key(10 + i), layer.kernel.shape, jnp.float64))
+            np.testing.assert_allclose(got, fd, rtol=1e-5)
+
+
+def test_inference_flag_selects_terms():
+    shape = (2, 4, 4)
+    layer = _scaled(ConvExp(shape, key=KEY, mix=False, terms_train=2, terms_eval=9), "kernel", 20.0)
+    training = eqx.nn.inference_mode(layer, False)
+    assert layer.terms == 9 and training.terms == 2 and eqx.nn.inference_mode(training).terms == 9
+    x = jax.random.normal(jax.random.key(7), shape)
+    k = layer.normalised_kernel()
+    np.testing.assert_allclose(training.forward(x)[0], x + conv_same(x, k) + conv_same(conv_same(x, k), k) / 2,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.forward(x)[0], conv_exp(x, k, 9), rtol=1e-6)
+    assert float(jnp.max(jnp.abs(training.forward(x)[0] - layer.forward(x)[0]))) > 1e-4
+    # the flag reaches layers stacked inside a Scan
+    chain = Chain([ConvExp(shape, key=k, terms_train=2) for k in jax.random.split(KEY, 3)])
+    flags = [m.inference for m in jax.tree.leaves(eqx.nn.inference_mode(chain, False),
+                                                  is_leaf=lambda m: isinstance(m, ConvExp))]
+    assert flags == [False]
