@@ -263,14 +263,19 @@ class PlanarVAEConfig:
         enc_out = 2 * d + (k * p if self.amortized else 0)
         enc_body, enc_head = _mlp(n_in, self.hidden, self.hidden_layers, self.maxout_window, enc_out, k_enc)
         dec_body, dec_head = _mlp(d, self.hidden, self.hidden_layers, self.maxout_window, n_in, k_dec)
+        # Flow parameters start as the fixed-flow init (planar u, w uniform in +-1/sqrt(d), b = 0; radial
+        # z0 uniform, a = b = 0). Amortised: that is the bias of the encoder's flow outputs, whose weights
+        # start at zero, so training begins from well-conditioned flows shared by all x and learns the
+        # dependence on x (a random hypernetwork init gives each x random, often saturated tanh flows).
+        lim = 1.0 / math.sqrt(d)
+        flow_init = jax.random.uniform(k_flow, (k, p), minval=-lim, maxval=lim)
+        flow_init = flow_init.at[:, 2 * d].set(0.0) if self.flow == "planar" else flow_init.at[:, d:].set(0.0)
         shared = None
-        if not self.amortized:
-            lim = 1.0 / math.sqrt(d)
-            shared = jax.random.uniform(k_flow, (k, p), minval=-lim, maxval=lim)
-            if self.flow == "planar":
-                shared = shared.at[:, 2 * d].set(0.0)
-            else:
-                shared = shared.at[:, d:].set(0.0)
+        if self.amortized:
+            enc_head = eqx.tree_at(lambda h: (h.weight, h.bias), enc_head,
+                                   (enc_head.weight.at[2 * d :].set(0.0), enc_head.bias.at[2 * d :].set(flow_init.ravel())))
+        else:
+            shared = flow_init
         return PlanarVAE(
             enc_body=enc_body, enc_head=enc_head, dec_body=dec_body, dec_head=dec_head, shared_flows=shared,
             input_shape=input_shape, latent_dim=d, flow_length=k, flow=self.flow, amortized=self.amortized,
