@@ -252,6 +252,8 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
 
     source = zoo.get_dataset(data)
     images = source.dtype == "uint8" and len(source.shape) == 3
+    # bits/dim is the 8-bit convention; binary data (Bernoulli models) is reported in nats only
+    eight_bit = images and not source.binary and source.binarize is None
     input_shape = tuple(source.shape)
     num_dims = math.prod(input_shape)
     mesh = make_mesh()
@@ -327,7 +329,7 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
         results = {}
         for split, pipe in eval_pipes.items():
             r = evaluate(eval_fn, params, pipe, mesh, key=jax.random.fold_in(k_eval, step), num_dims=num_dims,
-                         images=images, max_examples=cfg.max_eval_ex, dtype=dtype)
+                         images=eight_bit, max_examples=cfg.max_eval_ex, dtype=dtype)
             log.write(step=step, split=split, **r)
             wb.log({f"{split}/{k}": v for k, v in r.items()}, step)
             results[split] = r
@@ -385,7 +387,7 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
                 rate = cfg.log_interval / max(now - t_last, 1e-9)
                 t_last = now
                 shown = {"loss": last_metrics["loss"]}
-                if images and math.isfinite(last_metrics["loss"]):
+                if eight_bit and math.isfinite(last_metrics["loss"]):
                     shown["bpd"] = float(bits_per_dim(jnp.asarray(-last_metrics["loss"]), num_dims))
                 if times:
                     last_metrics["sec_per_batch"] = float(np.mean(times))
