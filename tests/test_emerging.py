@@ -19,6 +19,7 @@ from zoo.bijections import Chain, Scan
 from zoo.testing import check_bijection
 from zoo_emerging import ConvExp, Emerging, causal_mask, conv_exp, refresh_power_vectors
 from zoo_emerging.conv import conv_causal, conv_same, conv_same_transpose
+from zoo_emerging.models import ConvExpFlow
 
 KEY = jax.random.key(0)
 
@@ -236,3 +237,73 @@ def test_inference_flag_selects_terms():
     flags = [m.inference for m in jax.tree.leaves(eqx.nn.inference_mode(chain, False),
                                                   is_leaf=lambda m: isinstance(m, ConvExp))]
     assert flags == [False]
+
+
+# ---- models ----------------------------------------------------------------
+
+
+def _layers_of(model, cls):
+    return [m for m in jax.tree.leaves(model, is_leaf=lambda m: isinstance(m, cls)) if isinstance(m, cls)]
+
+
+def test_emerging_cnn_is_the_snf_skeleton_and_inverts_in_float32():
+    model = zoo.create_model("emerging_cnn", key=KEY, input_shape=(1, 4, 4))
+    # 3 blocks x 3 emerging convs; identical layers of a block share one scan
+    convs = _layers_of(model, Emerging)
+    assert sum(1 if m.weights.ndim == 5 else m.weights.shape[0] for m in convs) == 9
+    assert {m.mix.log_s.shape[-1] for m in convs} == {1, 4, 16}
+    # perturb away from the near-identity initialisation
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    leaves, tdef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    leaves = [a + 0.05 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
+    model = eqx.combine(jax.tree.unflatten(tdef, leaves), static)
+    x = jax.random.uniform(jax.random.key(4), (1, 4, 4), minval=0.05, maxval=0.95)
+
+    @eqx.filter_jit
+    def round_trip(m, x):
+        z, ld = m.forward(x)
+        return m.inverse(z), ld
+
+    (x_rec, ld_inv), ld = round_trip(model, x)
+    assert float(jnp.max(jnp.abs(x_rec - x))) <= 1e-4
+    np.testing.assert_allclose(ld_inv, -ld, rtol=1e-5)
+
+
+def test_exponential_cnn_trains_with_fewer_terms_and_refreshes_power_vectors():
+    model = zoo.create_model("exponential_cnn", key=KEY, input_shape=(1, 4, 4), num_blocks=2, layers_per_block=2)
+    assert isinstance(model, ConvExpFlow)
+    # large kernels (normalisation active, series terms matter), unconverged power vectors
+    model = eqx.tree_at(
+        lambda m: _layers_of(m, ConvExp), model,
+        replace_fn=lambda m: eqx.tree_at(lambda c: c.power_vector, _scaled(m, "kernel", 20.0),
+                                         jax.random.normal(KEY, m.power_vector.shape)),
+    )
+    x = jax.random.uniform(jax.random.key(4), (1, 4, 4), minval=0.05, maxval=0.95)
+
+    @eqx.filter_jit
+    def outputs(m, x):
+        loss, aux = m.loss(x, key=KEY, step=jnp.int32(3))
+        training = eqx.nn.inference_mode(m.flow, False)
+        return loss, aux, m.log_prob(x), training.log_prob(x)
+
+    loss, aux, lp_eval, lp_train = outputs(model, x)
+    np.testing.assert_allclose(loss, -lp_train, rtol=1e-6)
+    assert abs(float(lp_train - lp_eval)) > 1e-6  # 6 terms in the loss, 13 in log_prob
+    assert all(m.inference for m in _layers_of(model, ConvExp))
+
+    # after_step advances the stored power-iteration vectors (the sigma estimate
+    # grows towards ||M||) and changes nothing else
+    @eqx.filter_jit
+    def stepped_and_sigmas(m):
+        new = m.after_step(aux, step=jnp.int32(3))
+        sig = lambda mm: [eqx.filter_vmap(ConvExp.spectral_norm)(c) if c.kernel.ndim == 5 else c.spectral_norm()
+                          for c in _layers_of(mm, ConvExp)]
+        return new, sig(m), sig(new)
+
+    stepped, before, after = stepped_and_sigmas(model)
+    for a, b in zip(after, before):
+        assert np.all(np.asarray(a) >= np.asarray(b) - 1e-5) and np.any(np.asarray(a) > np.asarray(b) + 1e-4)
+    for a, b in zip(_layers_of(stepped, ConvExp), _layers_of(model, ConvExp)):
+        assert not np.allclose(a.power_vector, b.power_vector)
+        np.testing.assert_array_equal(a.kernel, b.kernel)
