@@ -186,3 +186,23 @@ def test_sample_cli_writes_png_and_npy(tmp_path):
     r = subprocess.run([sys.executable, "-m", "zoo.sample", "--checkpoint", str(tmp_path / "nope")],
                        env=ENV, capture_output=True, text=True)
     assert r.returncode == 1 and "no checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+PRETRAINED = "pretrained/glow_mnist_bundled.tar.gz"
+PRETRAINED_SHA256 = "e80eaef1a85573f07528be13a1abe7cb0ad3ccfd9989eeec4b0e73a5fa750a2d"
+
+
+def test_shipped_pretrained_glow_loads_and_matches_its_recorded_test_bpd():
+    from pathlib import Path
+
+    from zoo.data import pipeline
+
+    path = Path(__file__).resolve().parents[1] / PRETRAINED
+    model, meta = load_with_meta(path, sha256=PRETRAINED_SHA256)
+    assert meta["model"] == "glow" and meta["data"] == "mnist_bundled"
+    batch = next(iter(pipeline("mnist_bundled", split="test", batch_size=500, seed=1, shuffle=False)))
+    bpd = float(np.mean(jax.jit(jax.vmap(model.bits_per_dim))(jnp.asarray(batch["x"]))))
+    # recorded at the end of training with other dequantization noise
+    assert abs(bpd - meta["metrics"]["test"]["bpd"]) < 0.05, (bpd, meta["metrics"]["test"])
+    xs = jax.jit(jax.vmap(lambda k: model.sample(k, temperature=0.7)))(jax.random.split(jax.random.key(0), 16))
+    assert xs.shape == (16, 1, 28, 28) and float(jnp.mean(jnp.isfinite(xs))) > 0.9
