@@ -1,10 +1,10 @@
 """Benchmarks for the emerging plugin (CPU by default; medians, ratios against a
 baseline measured in the same process).
 
-1. Convolution implementation inside a scanned stack of layers: the plugin's
-   shifted-matmul convolutions vs `lax.conv_general_dilated` (jax issue #12868),
-   training step (forward + backward) of 3 stacked layers, batch of MNIST-sized
-   activations.
+1. Convolution implementation inside a scanned stack of layers: shifted-matmul
+   convolutions vs `lax.conv_general_dilated` (jax issue #12868) vs the plugin's
+   default choice by channel count; training step (forward + backward) of 3
+   stacked layers on a batch of MNIST-sized activations.
 2. Model training step (loss + gradient, batch 100, 1 x 28 x 28) of
    emerging_cnn and exponential_cnn against exact_cnn (the SNF paper's exact
    3x3 convolution baseline, if the selfnorm plugin is installed).
@@ -23,25 +23,9 @@ import jax
 import jax.numpy as jnp
 
 import zoo
-import zoo_emerging.convexp as convexp_mod
-import zoo_emerging.emerging as emerging_mod
+import zoo_emerging.conv as conv_mod
 from zoo.bijections import Chain
 from zoo_emerging import ConvExp, Emerging
-
-DN = ("NCHW", "OIHW", "NCHW")
-
-
-def lax_conv_same(x, kernel):
-    return jax.lax.conv_general_dilated(x[None], kernel, (1, 1), "SAME", dimension_numbers=DN)[0]
-
-
-def lax_conv_causal(x, kernel, *, skip_centre=False):
-    s = kernel.shape[-1]
-    if skip_centre:
-        kernel = kernel.at[:, :, s - 1, s - 1].set(0.0)
-    pad = ((s - 1, 0), (s - 1, 0))
-    return jax.lax.conv_general_dilated(x[None], kernel, (1, 1), pad, dimension_numbers=DN)[0]
-
 
 def timed(fn, *args, repeats):
     t = time.perf_counter()
@@ -71,26 +55,28 @@ def stack_step(make, shape, batch):
 
 
 def bench_conv_impl(repeats, batch):
-    print("\n1. shifted-matmul convs vs lax.conv in a scanned 3-layer stack, train step (ms, median)")
-    print(f"{'layer':<34}{'shifted':>10}{'lax.conv':>10}{'lax/shifted':>13}")
+    print("\n1. convolutions in a scanned 3-layer stack, train step (ms, median): shifted matmuls vs lax.conv,")
+    print(f"   and the plugin's default (lax.conv when C_in * C_out <= {conv_mod.LAX_MAX_CHANNEL_PRODUCT}, else shifted)")
+    print(f"{'layer':<34}{'shifted':>10}{'lax.conv':>10}{'default':>10}{'lax/shifted':>13}")
     cases = [
         ("emerging (1x28x28)", lambda k: Emerging((1, 28, 28), key=k), (1, 28, 28)),
+        ("emerging (4x14x14)", lambda k: Emerging((4, 14, 14), key=k), (4, 14, 14)),
         ("emerging (16x7x7)", lambda k: Emerging((16, 7, 7), key=k), (16, 7, 7)),
         ("conv_exp, 6 terms (1x28x28)", lambda k: ConvExp((1, 28, 28), key=k, inference=False), (1, 28, 28)),
+        ("conv_exp, 6 terms (4x14x14)", lambda k: ConvExp((4, 14, 14), key=k, inference=False), (4, 14, 14)),
         ("conv_exp, 6 terms (16x7x7)", lambda k: ConvExp((16, 7, 7), key=k, inference=False), (16, 7, 7)),
     ]
-    originals = (emerging_mod.conv_causal, convexp_mod.conv_same, convexp_mod.conv_same_transpose)
+    default = dict(conv_mod.LAX_MAX_CHANNEL_PRODUCT)
     for name, make, shape in cases:
         res = {}
-        for impl in ("shifted", "lax"):
-            if impl == "lax":
-                emerging_mod.conv_causal = lax_conv_causal
-                convexp_mod.conv_same = lax_conv_same
-                convexp_mod.conv_same_transpose = lambda y, k: lax_conv_same(y, jnp.flip(k, (2, 3)).swapaxes(0, 1))
+        # the threshold is read when a function is traced: -1 forces shifted, a huge one lax.conv
+        for impl, threshold in (("shifted", -1), ("lax", 10**9), ("default", None)):
+            conv_mod.LAX_MAX_CHANNEL_PRODUCT.update(default if threshold is None else dict.fromkeys(default, threshold))
             step, chain, xs = stack_step(make, shape, batch)
             res[impl], _ = timed(step, chain, xs, repeats=repeats)
-            emerging_mod.conv_causal, convexp_mod.conv_same, convexp_mod.conv_same_transpose = originals
-        print(f"{name:<34}{1e3 * res['shifted']:>10.1f}{1e3 * res['lax']:>10.1f}{res['lax'] / res['shifted']:>13.2f}")
+        conv_mod.LAX_MAX_CHANNEL_PRODUCT.update(default)
+        print(f"{name:<34}{1e3 * res['shifted']:>10.1f}{1e3 * res['lax']:>10.1f}{1e3 * res['default']:>10.1f}"
+              f"{res['lax'] / res['shifted']:>13.2f}")
 
 
 def bench_models(repeats, batch):

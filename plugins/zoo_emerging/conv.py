@@ -6,10 +6,12 @@ their layers in a scan. So, as in `zoo.nn.Conv2d`, a convolution here is by
 default a sum over kernel offsets of a channel-mixing matrix applied to a
 shifted, zero-padded view of the input (offsets whose kernel entry is masked
 to zero are skipped). For very few channels the slowdown does not occur and
-`lax.conv` is faster (scanned 3-layer train step, batch 100, measured with
-scripts/bench_emerging.py: conv_exp on 1 x 28 x 28 27 ms with lax.conv vs 91 ms
-shifted; 4 x 14 x 14 about equal; 16 x 7 x 7 480 ms vs 111 ms), so `impl=None`
-picks `lax.conv` when in_channels * out_channels <= `LAX_MAX_CHANNEL_PRODUCT`.
+`lax.conv` can be faster. Scanned 3-layer train step, batch 100, medians from
+scripts/bench_emerging.py on a shared, noisy 2-core machine (lax.conv vs shifted):
+3x3 `conv_same` in conv_exp 17 vs 86 ms (1 x 28 x 28), 78 vs 116 ms (4 x 14 x 14),
+446 vs 92 ms (16 x 7 x 7); 2x2 `conv_causal` in emerging 2.7 vs 3.3 ms, 20 vs 8 ms,
+64 vs 13 ms. So `impl=None` picks `lax.conv` when in_channels * out_channels is
+at most `LAX_MAX_CHANNEL_PRODUCT[kind]`, else shifted matmuls.
 """
 
 import jax
@@ -18,15 +20,15 @@ from jax import Array
 
 __all__ = ["conv_same", "conv_same_transpose", "conv_causal", "LAX_MAX_CHANNEL_PRODUCT"]
 
-LAX_MAX_CHANNEL_PRODUCT = 16
+LAX_MAX_CHANNEL_PRODUCT = {"same": 16, "causal": 1}
 _DN = ("NCHW", "OIHW", "NCHW")
 
 
-def _use_lax(kernel: Array, impl: str | None) -> bool:
+def _use_lax(kernel: Array, impl: str | None, kind: str) -> bool:
     if impl not in (None, "lax", "shifted"):
         raise ValueError(f"impl must be None, 'lax' or 'shifted', got {impl!r}")
     if impl is None:
-        return kernel.shape[0] * kernel.shape[1] <= LAX_MAX_CHANNEL_PRODUCT
+        return kernel.shape[0] * kernel.shape[1] <= LAX_MAX_CHANNEL_PRODUCT[kind]
     return impl == "lax"
 
 
@@ -49,7 +51,7 @@ def conv_same(x: Array, kernel: Array, *, impl: str | None = None) -> Array:
     `impl`: "shifted", "lax" or None (by channel count, see the module docstring)."""
     k = kernel.shape[-1]
     r = k // 2
-    if _use_lax(kernel, impl):
+    if _use_lax(kernel, impl, "same"):
         return jax.lax.conv_general_dilated(x[None], kernel, (1, 1), ((r, r), (r, r)), dimension_numbers=_DN)[0]
     offsets = [(a, b) for a in range(k) for b in range(k)]
     return _shifted_sum(x, kernel, (r, r, r, r), offsets)
@@ -69,7 +71,7 @@ def conv_causal(x: Array, kernel: Array, *, skip_centre: bool = False, impl: str
     (i', j') with i' <= i and j' <= j. `skip_centre` leaves out the corner
     (the current pixel)."""
     s = kernel.shape[-1]
-    if _use_lax(kernel, impl):
+    if _use_lax(kernel, impl, "causal"):
         if skip_centre:
             kernel = kernel.at[:, :, s - 1, s - 1].set(0.0)
         pad = ((s - 1, 0), (s - 1, 0))
