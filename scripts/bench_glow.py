@@ -7,7 +7,9 @@
 batch 64; one jitted Adam training step (loss, gradients, update, and the
 model's `after_step` hook if it has one), median wall time over repeats after
 warm-up. Mixing layers are given by registered name; names not registered in
-this environment are skipped with a note. Ratios are against the first
+this environment are skipped with a note. Each runs in the registered Glow
+configuration made for it if there is one (selfnorm_conv1x1 -> selfnorm_glow,
+whose loss takes the self-normalized path), else in `glow`. Ratios are against the first
 mixing layer, measured in the same process.
 
 `compile`: trace + lower + compile time of the same training step for
@@ -30,8 +32,27 @@ import optax
 import zoo
 
 
+def model_for(mixing):
+    """The registered Glow configuration made for `mixing` (e.g. selfnorm_glow, whose
+    loss trains with self-normalized gradients), else plain `glow` with that mixing."""
+    from zoo_glow import GlowConfig
+
+    for name in zoo.list_models():
+        if name == "glow":
+            continue
+        try:
+            cfg = zoo.get_model_config(name)
+        except zoo.RegistryError:
+            continue
+        cfg = cfg() if isinstance(cfg, type) else cfg
+        if isinstance(cfg, GlowConfig) and cfg.mixing == mixing:
+            return name
+    return "glow"
+
+
 def make_model(mixing, *, levels, depth, width, shape, key):
-    return zoo.create_model("glow", key=key, input_shape=shape, levels=levels, depth=depth, width=width, mixing=mixing)
+    return zoo.create_model(model_for(mixing), key=key, input_shape=shape, levels=levels, depth=depth, width=width,
+                            mixing=mixing)
 
 
 def make_step(static, opt, takes_step, has_after_step):
@@ -68,7 +89,7 @@ def bench_step(args):
     registered = set(zoo.list_layers())
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; Glow {args.levels} levels x {args.depth} steps, "
           f"width {args.width}, input {shape}, batch {args.batch}; median of {args.repeats} steps\n")
-    print(f"{'mixing':<20} {'step ms':>9} {'min ms':>8} {'x first':>8}")
+    print(f"{'mixing':<20} {'model':<16} {'step ms':>9} {'min ms':>8} {'x first':>8}")
     base = None
     for mixing in args.mixing:
         if mixing not in registered:
@@ -90,7 +111,8 @@ def bench_step(args):
             times.append(time.perf_counter() - t0)
         t = statistics.median(times) * 1e3
         base = base or t
-        print(f"{mixing:<20} {t:>9.1f} {min(times) * 1e3:>8.1f} {t / base:>8.2f}   (loss {float(loss):.1f})")
+        print(f"{mixing:<20} {model_for(mixing):<16} {t:>9.1f} {min(times) * 1e3:>8.1f} {t / base:>8.2f}"
+              f"   (loss {float(loss):.1f})")
 
 
 def bench_compile(args):
