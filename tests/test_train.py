@@ -50,7 +50,7 @@ def test_short_run_improves_nll_and_writes_outputs(tmp_path):
     from zoo.train.loop import train
 
     model, model_cfg, data, cfg = parse(
-        ["--model", "realnvp", "--data", "moons", "--steps", "400", "--eval-every", "0",
+        ["--model", "realnvp", "--data", "moons", "--steps", "400", "--eval-every", "0", "--sample-every", "200",
          "--out-dir", str(tmp_path), "--no-progress"]
     )
     out = train(model, model_cfg, data, cfg)
@@ -60,6 +60,7 @@ def test_short_run_improves_nll_and_writes_outputs(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["split"] for r in records} >= {"validation", "test", "train_batch", "summary"}
     assert json.loads((run / "config.json").read_text())["model"] == "realnvp"
+    assert (run / "samples_200.png").is_file() and not (run / "samples_400.png").exists()
     img = np.asarray(Image.open(run / "samples.png"))
     assert img.ndim == 2 and img.min() < 128  # some dark (dense) pixels
 

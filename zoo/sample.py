@@ -69,7 +69,8 @@ def main(argv=None):
     except CheckpointError as e:
         print(f"zoo.sample: {e}", file=sys.stderr)
         raise SystemExit(1) from None
-    options = {"exact_inverse": True} if cmd.exact_inverse else {}
+    # models with a fast approximate inverse take sample(..., exact=True) for the true one
+    options = {"exact": True} if cmd.exact_inverse else {}
     try:
         xs = sample(model, jax.random.key(cmd.seed), num=cmd.num, temperature=cmd.temperature, batch=cmd.batch, **options)
     except ValueError as e:

@@ -56,6 +56,10 @@ class TrainConfig:
     """Steps between training-loss log lines (metrics.jsonl and progress bar)."""
     num_samples: int = 64
     """Samples drawn for samples.png at the end of training."""
+    sample_every: int = 0
+    """Steps between intermediate sample grids samples_STEP.png (0: only samples.png at the end)."""
+    sample_epochs: float | None = None
+    """The same interval in epochs (overrides --sample-every)."""
     sample_temperature: float = 1.0
     """Temperature of those samples (scales the base noise; Glow's samples are usually shown at 0.7)."""
     seed: int = 0

@@ -273,6 +273,7 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
     total_steps = cfg.steps if cfg.epochs is None else int(round(cfg.epochs * steps_per_epoch))
     eval_every = cfg.eval_every if cfg.eval_epochs is None else max(1, int(round(cfg.eval_epochs * steps_per_epoch)))
     save_every = cfg.checkpoint_every or eval_every
+    sample_every = cfg.sample_every if cfg.sample_epochs is None else max(1, int(round(cfg.sample_epochs * steps_per_epoch)))
 
     name = cfg.name or f"{model}-{data}"
     run_dir = _run_dir(cfg, name)
@@ -344,6 +345,23 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
                 "seed": cfg.seed, "metrics": results or {}, "best_validation_nll": best}
         ckpt.save(step, eqx.combine(params, static), opt_state, json.loads(json.dumps(meta)), validation_nll=val)
 
+    def write_samples(path, model_now, step):
+        """A PNG of samples (image grid, or a 2-D histogram for vectors), also to wandb."""
+        from zoo.images import save_grid, save_points
+        from zoo.sample import sample as draw
+
+        if jax.process_index() != 0 or not (images or num_dims >= 2):
+            return path
+        num = cfg.num_samples if images else 20000
+        xs = draw(model_now, k_sample, num=num, temperature=cfg.sample_temperature, batch=256 if images else 4096)
+        bad = int(np.sum(~np.all(np.isfinite(xs.reshape(len(xs), -1)), axis=1)))
+        if bad:
+            tqdm.write(f"zoo.train: warning: {bad} of {len(xs)} samples are not finite (drawn grey in {path.name}); "
+                       "try a lower --sample-temperature or train longer")
+        save_grid(xs, path) if images else save_points(xs, path)
+        wb.image("samples", path, step)
+        return path
+
     history = {}
     if start == 0:
         history["first_eval"] = run_eval(0)
@@ -405,6 +423,8 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
             if eval_every and step % eval_every == 0 and step != total_steps:
                 results = run_eval(step)
                 tqdm.write(f"step {step}: " + "; ".join(f"{s} {_fmt(v)}" for s, v in results.items()))
+            if sample_every and step % sample_every == 0 and step != total_steps:
+                write_samples(run_dir / f"samples_{step}.png", eqx.combine(params, static), step)
             if save_every and step % save_every == 0 and step != total_steps:
                 # never checkpoint a state reached through skipped (non-finite) updates
                 if check(_scalars({"nonfinite": metrics["nonfinite"]}), step) == 0:
@@ -428,24 +448,7 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
     ckpt.close()
 
     model_out = eqx.combine(params, static)
-    from zoo.sample import sample as draw
-
-    samples = draw(model_out, k_sample, num=cfg.num_samples, temperature=cfg.sample_temperature)
-    bad = int(np.sum(~np.all(np.isfinite(samples.reshape(len(samples), -1)), axis=1)))
-    if bad:
-        print(f"zoo.train: warning: {bad} of {len(samples)} samples are not finite (drawn grey in samples.png); "
-              "try a lower --sample-temperature or train longer")
-    from zoo.images import save_grid, save_points
-
-    samples_path = run_dir / "samples.png"
-    if jax.process_index() != 0:
-        pass
-    elif images:
-        save_grid(np.asarray(samples), samples_path)
-    elif num_dims >= 2:
-        save_points(draw(model_out, k_sample, num=20000, temperature=cfg.sample_temperature, batch=4096), samples_path)
-    if samples_path.exists():
-        wb.image("samples", samples_path, total_steps)
+    samples_path = write_samples(run_dir / "samples.png", model_out, total_steps)
     log.write(step=total_steps, split="summary", seconds=elapsed, best_validation_nll=best)
     log.close()
     wb.finish()
