@@ -16,7 +16,18 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-__all__ = ["Conv2d"]
+__all__ = ["Conv2d", "init_conv"]
+
+
+def init_conv(weight_shape, out_channels: int, fan_in: int, *, key, zero_init: bool = False):
+    """(weight, bias) initialised like `eqx.nn.Conv2d`: uniform in
+    +-1/sqrt(fan_in); or zeros (Glow's last conditioner layer)."""
+    if zero_init:
+        return jnp.zeros(weight_shape), jnp.zeros(out_channels)
+    lim = 1.0 / math.sqrt(fan_in)
+    kw, kb = jax.random.split(key)
+    return (jax.random.uniform(kw, weight_shape, minval=-lim, maxval=lim),
+            jax.random.uniform(kb, (out_channels,), minval=-lim, maxval=lim))
 
 
 class Conv2d(eqx.Module):
@@ -35,13 +46,7 @@ class Conv2d(eqx.Module):
         if kernel_size % 2 != 1:
             raise ValueError(f"Conv2d: kernel_size must be odd, got {kernel_size}")
         shape = (out_channels, in_channels, kernel_size, kernel_size)
-        if zero_init:
-            self.weight, self.bias = jnp.zeros(shape), jnp.zeros(out_channels)
-        else:
-            lim = 1.0 / math.sqrt(in_channels * kernel_size**2)
-            kw, kb = jax.random.split(key)
-            self.weight = jax.random.uniform(kw, shape, minval=-lim, maxval=lim)
-            self.bias = jax.random.uniform(kb, (out_channels,), minval=-lim, maxval=lim)
+        self.weight, self.bias = init_conv(shape, out_channels, in_channels * kernel_size**2, key=key, zero_init=zero_init)
         self.kernel_size = kernel_size
 
     def __call__(self, x: Array) -> Array:

@@ -10,12 +10,12 @@ fast inside `lax.scan`, gradients included, where `lax.conv` and its
 gradients are an order of magnitude slower on CPU (jax issue #12868).
 """
 
-import math
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import Array, lax
+
+from zoo.nn import init_conv
 
 __all__ = ["ConvHWC", "GlowConditioner", "im2col", "col2im"]
 
@@ -57,13 +57,7 @@ class ConvHWC(eqx.Module):
         if kernel_size % 2 != 1:
             raise ValueError(f"ConvHWC: kernel_size must be odd, got {kernel_size}")
         shape = (kernel_size, kernel_size, in_channels, out_channels)
-        if zero_init:
-            self.weight, self.bias = jnp.zeros(shape), jnp.zeros(out_channels)
-        else:
-            lim = 1.0 / math.sqrt(in_channels * kernel_size**2)
-            kw, kb = jax.random.split(key)
-            self.weight = jax.random.uniform(kw, shape, minval=-lim, maxval=lim)
-            self.bias = jax.random.uniform(kb, (out_channels,), minval=-lim, maxval=lim)
+        self.weight, self.bias = init_conv(shape, out_channels, in_channels * kernel_size**2, key=key, zero_init=zero_init)
 
     def __call__(self, x: Array) -> Array:
         k, _, c_in, c_out = self.weight.shape

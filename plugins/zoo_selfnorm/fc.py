@@ -36,8 +36,8 @@ def _fc_flow(cfg, input_shape, key, make_dense):
 
 
 @dataclasses.dataclass(frozen=True)
-class ExactFCConfig:
-    """Fully connected flow with exact log-det (slogdet) and exact gradients (SNF paper's baseline)."""
+class _FCFields:
+    """The architecture fields both FC flows share."""
 
     num_layers: int = 2
     """Dense D x D layers (D = C*H*W)."""
@@ -52,29 +52,20 @@ class ExactFCConfig:
 
     example_input_shape: ClassVar = (1, 2, 3)
     domain: ClassVar = (0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExactFCConfig(_FCFields):
+    """Fully connected flow with exact log-det (slogdet) and exact gradients (SNF paper's baseline)."""
 
     def build(self, *, input_shape, key):
         return _fc_flow(self, input_shape, key, lambda shape, k: Dense(shape, key=k))
 
 
 @dataclasses.dataclass(frozen=True)
-class SelfNormFCConfig(SelfNormOptions):
+class SelfNormFCConfig(_FCFields, SelfNormOptions):
     """Self-normalizing fully connected flow (SNF paper, Table 1): dense layers with learned
     approximate inverses trained with the self-normalized gradient; exact evaluation."""
-
-    num_layers: int = 2
-    """Dense D x D layers (D = C*H*W)."""
-    activation: str = "slr"
-    """Registered elementwise layer between dense layers (slr, llr, spline, selu)."""
-    spline_bins: int = 5
-    """Bins of the spline activation."""
-    spline_tail_bound: float = 10.0
-    """The spline acts on [-B, B]."""
-    logit_alpha: float = SNF_LOGIT_ALPHA
-    """Data in [0, 1) enter through logit(alpha + (1 - 2 alpha) x)."""
-
-    example_input_shape: ClassVar = (1, 2, 3)
-    domain: ClassVar = (0.0, 1.0)
 
     def build(self, *, input_shape, key):
         flow = _fc_flow(self, input_shape, key, lambda shape, k: SelfNormDense(shape, key=k))
