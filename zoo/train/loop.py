@@ -290,7 +290,7 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
     optimizer = make_optimizer(cfg, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     ckpt = Checkpoints(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
 
-    start, best, data_state = 0, math.inf, None
+    start, best, data_state, opt_state = 0, math.inf, None, None
     if cfg.resume:
         params = eqx.filter(net, eqx.is_inexact_array)
         restored = ckpt.restore(net, optimizer.init(params), sharding=replicated)
@@ -312,7 +312,7 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
         net = eqx.filter_jit(zoo.data_init)(net, global_batch(mesh, first["x"], dtype))
     params, static = eqx.partition(net, eqx.is_inexact_array)
     params = jax.device_put(params, replicated)
-    opt_state = jax.device_put(restored.opt_state if cfg.resume else optimizer.init(params), replicated)
+    opt_state = jax.device_put(optimizer.init(params) if opt_state is None else opt_state, replicated)
     it = train_pipe.iterator(data_state)  # from the first batch again, or where the checkpoint left off
     step_fn = make_train_step(static, optimizer, mesh)
     eval_fn = make_eval_step(static, mesh)
@@ -427,7 +427,7 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
                 write_samples(run_dir / f"samples_{step}.png", eqx.combine(params, static), step)
             if save_every and step % save_every == 0 and step != total_steps:
                 # never checkpoint a state reached through skipped (non-finite) updates
-                if check(_scalars({"nonfinite": metrics["nonfinite"]}), step) == 0:
+                if check(metrics, step) == 0:
                     save(step, results)
         if pending is not None:
             check(pending, total_steps)
