@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timescaling import time_steps  # noqa: E402
 
 from zoo.train.cli import parse  # noqa: E402
-from zoo.train.loop import global_batch, make_mesh, make_optimizer, make_train_step  # noqa: E402
+from zoo.train.loop import global_batch, make_mesh, make_optimizer, init_opt_state, make_train_step  # noqa: E402
 
 
 def _stepper(preset, batch_size, seed=0):
@@ -42,7 +42,7 @@ def _stepper(preset, batch_size, seed=0):
     optimizer = make_optimizer(cfg, steps_per_epoch=1, total_steps=1)
     mesh = make_mesh(jax.devices()[:1])
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    state = {"params": params, "opt": optimizer.init(params), "i": 0}
+    state = {"params": params, "opt": init_opt_state(optimizer, params), "i": 0}
     step = make_train_step(static, optimizer, mesh)
     rng = np.random.default_rng(seed)
     x = global_batch(mesh, rng.uniform(size=(batch_size, 1, 28, 28)).astype(np.float32))

@@ -33,7 +33,7 @@ from zoo.bijections import Chain  # noqa: E402
 from zoo.distributions import StandardNormal  # noqa: E402
 from zoo.flow import Flow  # noqa: E402
 from zoo.train import TrainConfig  # noqa: E402
-from zoo.train.loop import make_mesh, make_optimizer, make_train_step, global_batch  # noqa: E402
+from zoo.train.loop import make_mesh, make_optimizer, init_opt_state, make_train_step, global_batch  # noqa: E402
 from zoo_selfnorm.layers import Conv, Dense, SelfNormConv, SelfNormDense  # noqa: E402
 from zoo_selfnorm.model import SelfNormModel  # noqa: E402
 
@@ -70,7 +70,7 @@ def time_steps(layer, series, d, *, batch_size, lr, repeats, min_seconds=0.0, se
     optimizer = make_optimizer(cfg, steps_per_epoch=1, total_steps=1)
     mesh = make_mesh(jax.devices()[:1])
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    opt_state = optimizer.init(params)
+    opt_state = init_opt_state(optimizer, params)
     step = make_train_step(static, optimizer, mesh)
     rng = np.random.default_rng(seed)
     x = global_batch(mesh, rng.standard_normal((batch_size, *shape)).astype(np.float32))
