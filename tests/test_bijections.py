@@ -127,6 +127,48 @@ def test_scan_from_filter_vmap_and_stack_errors():
         Chain([Reverse(), "layer"])
 
 
+class _Refreshed(Bijection):
+    """Identity whose `after_update` counts its calls: state the optimizer does not train."""
+
+    count: jax.Array
+
+    def __init__(self, count=0.0):
+        self.count = jnp.asarray(count)
+
+    def forward(self, x):
+        return x, jnp.zeros((), x.dtype)
+
+    def inverse(self, y):
+        return y, jnp.zeros((), y.dtype)
+
+    def after_update(self):
+        assert self.count.shape == (), "after_update must see one layer, not a stack"
+        return _Refreshed(self.count + 1)
+
+
+class _Wrapper(eqx.Module):  # a container that is no Bijection, like a model wrapper
+    parts: dict
+
+
+def test_after_update_reaches_every_overriding_layer_and_leaves_others_alone():
+    # every slice of nested Scans (3 x 2 stacked counters), one under Invert, one plain
+    block = Chain([_Refreshed(), Affine((2,), shift=jnp.ones(2))], scan=False)
+    nested = stack([stack([block, block]) for _ in range(3)])
+    plain = Chain([Affine((2,)), Reverse()] * 2)  # a Scan with nothing to refresh inside
+    assert isinstance(nested.stacked, Scan) and isinstance(plain.layers[0], Scan)
+    model = _Wrapper({"nested": nested, "inverted": Invert(_Refreshed(5.0)), "plain": plain})
+    new = eqx.filter_jit(zoo.after_update)(model)
+    np.testing.assert_array_equal(new.parts["nested"].stacked.stacked.layers[0].count, np.ones((3, 2)))
+    np.testing.assert_array_equal(new.parts["nested"].stacked.stacked.layers[1].shift, np.ones((3, 2, 2)))
+    assert float(new.parts["inverted"].bijection.count) == 6.0
+    # layers without an override come back with the very same leaves (no copy, no vmap)
+    new = zoo.after_update(model)
+    assert all(a is b for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(new.parts["plain"])))
+    affine = Affine((2,), shift=jnp.ones(2))
+    assert affine.after_update() is affine
+    assert all(a is b for a, b in zip(jax.tree.leaves(affine), jax.tree.leaves(zoo.after_update(affine))))
+
+
 def test_actnorm_data_init_standardises_per_channel_globally():
     xs = jax.random.normal(KEY, (32, 3, 4, 4)) * jnp.array([1.0, 5.0, 0.1])[:, None, None] + jnp.array(
         [2.0, -1.0, 0.5]

@@ -5,8 +5,12 @@ The registered layers and models also run through the generic conformance
 tests (tests/test_bijections.py, tests/test_models.py); here: variants, the
 convolution helpers against lax.conv, the autoregressive structure, exact
 inverses in float32, exp(M) against a dense matrix exponential, spectral
-normalisation, gradients against finite differences, and the train/eval terms.
+normalisation, gradients against finite differences, the train/eval terms,
+and the power-vector refresh through `zoo.after_update` and the trainer's step
+(in the exponential_cnn flow and in a Glow with conv_exp mixing).
 """
+
+import dataclasses
 
 import equinox as eqx
 import jax
@@ -15,11 +19,13 @@ import numpy as np
 import pytest
 
 import zoo
-from zoo.bijections import Chain, Scan
+from zoo.bijections import Chain, Scan, after_update, stack
 from zoo.testing import check_bijection
-from zoo_emerging import ConvExp, Emerging, causal_mask, conv_exp, refresh_power_vectors
+from zoo.train.config import TrainConfig
+from zoo.train.loop import global_batch, init_opt_state, make_mesh, make_optimizer, make_train_step
+from zoo_emerging import ConvExp, Emerging, causal_mask, conv_exp
 from zoo_emerging.conv import conv_causal, conv_same, conv_same_transpose
-from zoo_emerging.models import ConvExpFlow
+from zoo_glow import GlowConfig
 
 KEY = jax.random.key(0)
 
@@ -190,7 +196,7 @@ def test_power_vectors_refresh_inside_a_scan():
     @jax.jit
     def estimates(params, refreshes):
         params = jax.lax.fori_loop(
-            0, refreshes, lambda _, p: eqx.filter(refresh_power_vectors(eqx.combine(p, static)), eqx.is_array), params
+            0, refreshes, lambda _, p: eqx.filter(after_update(eqx.combine(p, static)), eqx.is_array), params
         )
         return eqx.filter_vmap(lambda m: m.spectral_norm())(eqx.combine(params, static).layers[0].stacked)
 
@@ -198,6 +204,26 @@ def test_power_vectors_refresh_inside_a_scan():
     np.testing.assert_allclose(after, true, rtol=1e-3)
     assert np.all(first <= np.asarray(true) * (1 + 1e-6))  # u^T M v never overestimates
     assert np.all(np.abs(after - true) < np.abs(first - true))
+
+
+def test_after_update_refreshes_plain_and_stacked_layers_as_each_layer_would():
+    shape = (2, 4, 4)
+    v0 = jax.random.normal(jax.random.key(9), shape)
+
+    def make(k):  # large kernel, unconverged stored vector: one refresh moves it visibly
+        layer = _scaled(ConvExp(shape, key=k, power_iterations=2), "kernel", 10.0)
+        return eqx.tree_at(lambda m: m.power_vector, layer, v0)
+
+    plain, *stacked = [make(k) for k in jax.random.split(KEY, 4)]
+    chain = Chain([plain, stack(stacked)], scan=False)
+    assert isinstance(chain.layers[1], Scan) and chain.layers[1].stacked.kernel.ndim == 5
+    new = eqx.filter_jit(after_update)(chain)
+    layers = [new.layers[0]] + [new.layers[1].layer(i) for i in range(3)]
+    for got, layer in zip(layers, [plain, *stacked]):
+        want = layer.after_update()
+        np.testing.assert_allclose(got.power_vector, want.power_vector, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(want.power_vector, v0, atol=1e-2)
+        np.testing.assert_array_equal(got.kernel, layer.kernel)
 
 
 def test_conv_exp_gradient_matches_finite_differences():
@@ -274,40 +300,94 @@ def test_emerging_cnn_is_the_snf_skeleton_and_inverts_in_float32():
     np.testing.assert_allclose(ld_inv, -ld, rtol=1e-5)
 
 
-def test_exponential_cnn_trains_with_fewer_terms_and_refreshes_power_vectors():
-    model = zoo.create_model("exponential_cnn", key=KEY, input_shape=(1, 4, 4), num_blocks=2, layers_per_block=2)
-    assert isinstance(model, ConvExpFlow)
-    # large kernels (normalisation active, series terms matter), unconverged power vectors
-    model = eqx.tree_at(
+def _with_large_kernels_and_random_vectors(model):
+    # normalisation active (series terms matter), power vectors far from converged
+    return eqx.tree_at(
         lambda m: _layers_of(m, ConvExp), model,
         replace_fn=lambda m: eqx.tree_at(lambda c: c.power_vector, _scaled(m, "kernel", 20.0),
                                          jax.random.normal(KEY, m.power_vector.shape)),
     )
+
+
+def _sigmas(model):
+    """Per ConvExp (stacked ones vmapped): the power-iteration estimate and the true ||M||_2."""
+    out = []
+    for c in _layers_of(model, ConvExp):
+        shape = c.power_vector.shape[-3:]
+        true = lambda k: jnp.linalg.norm(_dense(lambda v: conv_same(v, k), shape), 2)  # noqa: E731
+        if c.kernel.ndim == 5:
+            out.append((eqx.filter_vmap(ConvExp.spectral_norm)(c), jax.vmap(true)(c.kernel)))
+        else:
+            out.append((c.spectral_norm(), true(c.kernel)))
+    return out
+
+
+def test_exponential_cnn_is_a_plain_flow_with_train_terms_and_refresh():
+    model = zoo.create_model("exponential_cnn", key=KEY, input_shape=(1, 4, 4), num_blocks=2, layers_per_block=2)
+    assert isinstance(model, zoo.Flow)  # no wrapper: the trainer switches terms and refreshes
+    model = _with_large_kernels_and_random_vectors(model)
     x = jax.random.uniform(jax.random.key(4), (1, 4, 4), minval=0.05, maxval=0.95)
 
     @eqx.filter_jit
     def outputs(m, x):
-        loss, aux = m.loss(x, key=KEY, step=jnp.int32(3))
-        training = eqx.nn.inference_mode(m.flow, False)
-        return loss, aux, m.log_prob(x), training.log_prob(x)
+        training = eqx.nn.inference_mode(m, False)
+        return training.loss(x, key=KEY)[0], m.log_prob(x), training.log_prob(x), after_update(m)
 
-    loss, aux, lp_eval, lp_train = outputs(model, x)
+    loss, lp_eval, lp_train, stepped = outputs(model, x)
     np.testing.assert_allclose(loss, -lp_train, rtol=1e-6)
-    assert abs(float(lp_train - lp_eval)) > 1e-6  # 6 terms in the loss, 13 in log_prob
+    assert abs(float(lp_train - lp_eval)) > 1e-6  # 6 terms in training, 13 in log_prob
     assert all(m.inference for m in _layers_of(model, ConvExp))
-
-    # after_step advances the stored power-iteration vectors (the sigma estimate
-    # grows towards ||M||) and changes nothing else
-    @eqx.filter_jit
-    def stepped_and_sigmas(m):
-        new = m.after_step(aux, step=jnp.int32(3))
-        sig = lambda mm: [eqx.filter_vmap(ConvExp.spectral_norm)(c) if c.kernel.ndim == 5 else c.spectral_norm()
-                          for c in _layers_of(mm, ConvExp)]
-        return new, sig(m), sig(new)
-
-    stepped, before, after = stepped_and_sigmas(model)
-    for a, b in zip(after, before):
+    # after_update advances every stored vector (the sigma estimate grows towards ||M||), nothing else
+    for (a, _), (b, _) in zip(_sigmas(stepped), _sigmas(model)):
         assert np.all(np.asarray(a) >= np.asarray(b) - 1e-5) and np.any(np.asarray(a) > np.asarray(b) + 1e-4)
     for a, b in zip(_layers_of(stepped, ConvExp), _layers_of(model, ConvExp)):
         assert not np.allclose(a.power_vector, b.power_vector)
         np.testing.assert_array_equal(a.kernel, b.kernel)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConvExpGlow(GlowConfig):
+    mixing: str = "conv_exp"
+
+    def mixing_options(self):
+        return {"terms_train": 1, "terms_eval": 12}
+
+
+def test_glow_with_conv_exp_gets_train_terms_and_refresh_from_the_trainer_step():
+    # Glow builds conv_exp by registry name and knows nothing of it: the trainer's
+    # own step must run the loss with terms_train and refresh the stacked vectors.
+    model = _ConvExpGlow(levels=2, depth=2, width=4).build(input_shape=(1, 4, 4), key=KEY)
+    assert [c.kernel.shape[0] for c in _layers_of(model, ConvExp)] == [2, 2]  # one scan per level
+    model = _with_large_kernels_and_random_vectors(model)
+    x = np.asarray(jax.random.uniform(jax.random.key(4), (2, 1, 4, 4), minval=0.05, maxval=0.95))
+
+    @eqx.filter_jit
+    def mean_log_probs(m, x):
+        return jnp.mean(jax.vmap(eqx.nn.inference_mode(m, False).log_prob)(x)), jnp.mean(jax.vmap(m.log_prob)(x))
+
+    lp_train, lp_eval = mean_log_probs(model, x)
+    assert abs(float(lp_train - lp_eval)) > 1e-3  # 1 term vs 12
+
+    mesh = make_mesh()
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    optimizer = make_optimizer(TrainConfig(), steps_per_epoch=1, total_steps=1)
+    step = make_train_step(static, optimizer, mesh)
+    donated = jax.tree.map(jnp.copy, params)
+    new_params, _, metrics = step(donated, init_opt_state(optimizer, donated), global_batch(mesh, x),
+                                  global_batch(mesh, np.ones(2, bool)), KEY, jnp.int32(0))
+    np.testing.assert_allclose(metrics["loss"], -lp_train, rtol=1e-5)
+    new = eqx.combine(new_params, static)
+    assert all(c.inference for c in _layers_of(new, ConvExp))  # evaluation keeps terms_eval
+
+    # each stored vector is the refresh of the updated kernel from the old vector
+    old_vectors = [c.power_vector for c in _layers_of(model, ConvExp)]
+    stale = eqx.tree_at(lambda m: [c.power_vector for c in _layers_of(m, ConvExp)], new, old_vectors)
+    want = eqx.filter_jit(after_update)(stale)
+    for got, w, c_old, v_old in zip(_layers_of(new, ConvExp), _layers_of(want, ConvExp),
+                                    _layers_of(model, ConvExp), old_vectors):
+        assert not np.array_equal(got.kernel, c_old.kernel)  # the update happened
+        assert not np.allclose(got.power_vector, v_old, atol=1e-2)
+        np.testing.assert_allclose(got.power_vector, w.power_vector, rtol=1e-4, atol=1e-5)
+    # and the sigma estimates moved towards the true norms
+    for (est_new, true_new), (est_old, true_old) in zip(eqx.filter_jit(_sigmas)(new), eqx.filter_jit(_sigmas)(model)):
+        assert np.all(np.abs(np.asarray(est_new - true_new)) < np.abs(np.asarray(est_old - true_old)))

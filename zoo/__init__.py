@@ -1,7 +1,7 @@
 """zoo: normalizing flows as Equinox modules, with model families as plugins."""
 
 from zoo import bijections, distributions, testing
-from zoo.bijections import Bijection, data_init
+from zoo.bijections import Bijection, after_update, data_init
 from zoo.checkpoint import load_pretrained, save_pretrained
 from zoo.data import CorruptDatasetError, DatasetSource, MissingDatasetError, load_dataset
 from zoo.flow import Flow, bits_per_dim
@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "bijections", "distributions", "testing",
-    "Bijection", "Flow", "bits_per_dim", "data_init", "load_pretrained", "save_pretrained",
+    "Bijection", "Flow", "bits_per_dim", "data_init", "after_update", "load_pretrained", "save_pretrained",
     "DatasetSource", "MissingDatasetError", "CorruptDatasetError", "load_dataset",
     "PluginImportWarning", "RegistryError",
     "create_layer", "create_model", "get_dataset", "get_layer", "get_model_config",

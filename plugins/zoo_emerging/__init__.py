@@ -7,7 +7,7 @@ spectrally normalised convolution M (2020). Both act on one C x H x W image
 and work anywhere a mixing layer goes (e.g. Glow's `mixing=`).
 """
 
-from zoo_emerging.convexp import ConvExp, conv_exp, power_iteration, refresh_power_vectors
+from zoo_emerging.convexp import ConvExp, conv_exp, power_iteration
 from zoo_emerging.emerging import Emerging, causal_mask
 
-__all__ = ["Emerging", "ConvExp", "causal_mask", "conv_exp", "power_iteration", "refresh_power_vectors"]
+__all__ = ["Emerging", "ConvExp", "causal_mask", "conv_exp", "power_iteration"]

@@ -10,9 +10,9 @@ The series is computed by repeated convolution; spectral normalisation keeps
 Training vs evaluation terms. A layer cannot know whether it is training, so
 it carries a flag in Equinox's convention: the field `inference` (default
 True) selects `terms_eval` terms; `eqx.nn.inference_mode(model, False)`
-switches every such layer of a model to `terms_train` terms. The plugin's
-models do that inside `loss` only, so the trainer's gradient step uses the
-cheap series while `log_prob`, `inverse` and sampling use the accurate one.
+switches every such layer of a model to `terms_train` terms. The trainer does
+that for its loss only, so the gradient step uses the cheap series while
+`log_prob`, `inverse` and sampling use the accurate one.
 
 Spectral normalisation. sigma ~ ||M||_2 is estimated by power iteration on
 M^T M from a stored vector `power_vector` (under stop_gradient: never trained),
@@ -20,9 +20,10 @@ Miyato et al.'s sigma = u^T M v is differentiated through the kernel only,
 and the kernel is scaled by 1 / max(1, sigma / coeff) (shrunk only when it is
 too large, as in the reference code). Every call runs `power_iterations`
 steps from the stored vector, so forward and inverse of one model always use
-the same sigma; `refresh_power_vectors(model)` (run by the models' `after_step`
-hook after each optimiser update) stores the iterated vector, so the estimate
-keeps converging during training as with PyTorch's in-place buffers.
+the same sigma; `after_update` (run by the trainer through `zoo.after_update`
+after each optimiser update, in any container) stores the iterated vector, so
+the estimate keeps converging during training as with PyTorch's in-place
+buffers.
 """
 
 import math
@@ -37,7 +38,7 @@ from zoo.bijections import Bijection, LULinear
 from zoo_emerging.conv import conv_same, conv_same_transpose
 from zoo_emerging.emerging import _check_image_shape
 
-__all__ = ["ConvExp", "conv_exp", "refresh_power_vectors", "power_iteration"]
+__all__ = ["ConvExp", "conv_exp", "power_iteration"]
 
 
 def conv_exp(x: Array, kernel: Array, terms: int) -> Array:
@@ -169,24 +170,7 @@ class ConvExp(Bijection):
             logdet = logdet + ld_mix
         return x, logdet
 
-    def refreshed(self) -> "ConvExp":
-        """This layer with its power-iteration vector advanced `power_iterations`
-        steps against the current kernel (what `refresh_power_vectors` stores)."""
+    def after_update(self) -> "ConvExp":
+        # Advance the stored vector `power_iterations` steps against the updated kernel.
         _, v = power_iteration(self.kernel, self.power_vector, max(self.power_iterations, 1))
         return eqx.tree_at(lambda m: m.power_vector, self, jax.lax.stop_gradient(v))
-
-
-def refresh_power_vectors(model):
-    """Advance and store the power-iteration vector of every `ConvExp` inside
-    `model` (also those stacked in a `Scan`): call it after each optimiser
-    update, e.g. from a model's `after_step` hook."""
-
-    def refresh(m):
-        if not isinstance(m, ConvExp):
-            return m
-        fn = ConvExp.refreshed
-        for _ in range(m.kernel.ndim - 4):  # layers stacked by Scan carry leading axes
-            fn = eqx.filter_vmap(fn)
-        return fn(m)
-
-    return jax.tree.map(refresh, model, is_leaf=lambda m: isinstance(m, ConvExp))

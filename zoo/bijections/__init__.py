@@ -1,7 +1,7 @@
 """The bijection contract and the generic layers every family reuses."""
 
 from zoo.bijections.actnorm import ActNorm
-from zoo.bijections.base import Bijection, Chain, Identity, Invert, Scan, data_init, stack
+from zoo.bijections.base import Bijection, Chain, Identity, Invert, Scan, after_update, data_init, stack
 from zoo.bijections.coupling import (
     AdditiveCoupling,
     AffineCoupling,
@@ -16,7 +16,7 @@ from zoo.bijections.reshape import Squeeze
 from zoo.bijections.spline import RationalQuadraticSpline, rq_spline
 
 __all__ = [
-    "Bijection", "Chain", "Scan", "Invert", "Identity", "data_init", "stack",
+    "Bijection", "Chain", "Scan", "Invert", "Identity", "data_init", "after_update", "stack",
     "Affine", "ActNorm", "LULinear", "Reverse", "Permute", "Squeeze", "Logit", "Sigmoid",
     "AffineCoupling", "AdditiveCoupling", "SplineCoupling", "MLPConditioner", "ConvConditioner",
     "RationalQuadraticSpline", "rq_spline",

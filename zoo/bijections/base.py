@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-__all__ = ["Bijection", "Chain", "Scan", "Invert", "Identity", "data_init", "stack"]
+__all__ = ["Bijection", "Chain", "Scan", "Invert", "Identity", "data_init", "after_update", "stack"]
 
 
 class Bijection(eqx.Module):
@@ -40,6 +40,13 @@ class Bijection(eqx.Module):
         """
         return self, jax.vmap(self.forward)(xs)[0]
 
+    def after_update(self) -> "Bijection":
+        """Refresh state the optimizer does not train (e.g. power-iteration
+        vectors) after each optimizer update; the trainer calls it through
+        `after_update(model)`. A layer that overrides it refreshes its own
+        sublayers too; the default changes nothing."""
+        return self
+
 
 def data_init(model: Any, batch: Array) -> Any:
     """Return `model` with every data-dependent layer (e.g. ActNorm) initialised
@@ -49,6 +56,28 @@ def data_init(model: Any, batch: Array) -> Any:
     if hasattr(model, "data_init"):
         return model.data_init(batch)[0]
     return model
+
+
+def _refreshes(m) -> bool:
+    return isinstance(m, Bijection) and type(m).after_update is not Bijection.after_update
+
+
+def after_update(model: Any) -> Any:
+    """Return `model` (any pytree) with every layer that overrides
+    `Bijection.after_update` replaced by its result; the trainer runs it after
+    each optimizer update. Pure: jit it with `eqx.filter_jit`."""
+
+    def refresh(m):
+        if _refreshes(m):
+            return m.after_update()
+        if isinstance(m, Scan):  # its layers carry a leading stacked axis: one slice at a time
+            return eqx.tree_at(lambda s: s.stacked, m, eqx.filter_vmap(after_update)(m.stacked))
+        return m
+
+    def is_leaf(m):  # Scans with nothing to refresh inside are walked through, not vmapped
+        return _refreshes(m) or (isinstance(m, Scan) and any(map(_refreshes, jax.tree.leaves(m, is_leaf=_refreshes))))
+
+    return jax.tree.map(refresh, model, is_leaf=is_leaf)
 
 
 class Identity(Bijection):

@@ -99,13 +99,15 @@ def _takes(fn, name: str) -> bool:
 def make_train_step(static, optimizer, mesh):
     """jit(step)(params, opt_state, x, mask, key, step) -> (params, opt_state,
     metrics); params/opt_state replicated and donated, the batch split over
-    "data". The model's `loss` gets `step=` if it takes it; its `after_step`
-    hook, if any, runs after the update."""
+    "data". The loss runs on `eqx.nn.inference_mode(model, False)` (layers
+    with an `inference` field in their training behaviour) and gets `step=`
+    if it takes it. After the update, `zoo.after_update` refreshes the layers'
+    untrained state, then the model's `after_step` hook, if any, runs."""
     replicated = NamedSharding(mesh, P())
     batch = NamedSharding(mesh, P("data"))
 
     def loss_fn(params, x, mask, key, step):
-        model = eqx.combine(params, static)
+        model = eqx.nn.inference_mode(eqx.combine(params, static), False)
         extra = {"step": step} if _takes(model.loss, "step") else {}
         keys = jax.random.split(key, x.shape[0])
         losses, aux = jax.vmap(lambda xi, ki: model.loss(xi, key=ki, **extra))(x, keys)
@@ -114,10 +116,11 @@ def make_train_step(static, optimizer, mesh):
 
     def train_step(params, opt_state, x, mask, key, step):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, mask, key, step)
-        # A step whose loss or gradient norm is NaN/inf is skipped whole (update
-        # and after_step) and counted; the loop stops after --max-nonfinite in a
-        # row. lax.cond instead of optax.apply_if_finite: its select between old
-        # and new state costs 3x the Adam update itself on large layers.
+        # A step whose loss or gradient norm is NaN/inf is skipped whole (update,
+        # after_update and after_step) and counted; the loop stops after
+        # --max-nonfinite in a row. lax.cond instead of optax.apply_if_finite: its
+        # select between old and new state costs 3x the Adam update itself on
+        # large layers.
         grad_sq = optax.tree.norm(grads, squared=True)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_sq)
 
@@ -125,10 +128,10 @@ def make_train_step(static, optimizer, mesh):
             params, inner = operand
             updates, inner = optimizer.update(grads, inner, params)
             params = optax.apply_updates(params, updates)
-            model = eqx.combine(params, static)
+            model = zoo.after_update(eqx.combine(params, static))
             if hasattr(model, "after_step"):
-                params = eqx.filter(model.after_step(aux, step=step), eqx.is_inexact_array)
-            return params, inner
+                model = model.after_step(aux, step=step)
+            return eqx.filter(model, eqx.is_inexact_array), inner
 
         params, inner = jax.lax.cond(finite, update, lambda operand: operand, (params, opt_state.inner))
         count = jnp.where(finite, 0, opt_state.nonfinite_count + 1)
