@@ -4,9 +4,9 @@
     OPENBLAS_NUM_THREADS=1 python scripts/bench_glow.py compile [--depths 4 32] [--repeats 3]
 
 `step`: a Glow (3 levels x 8 steps, width 64 by default) on 3 x 32 x 32 inputs,
-batch 64; one jitted Adam training step (loss, gradients, update, and the
-model's `after_step` hook if it has one), median wall time over repeats after
-warm-up. Mixing layers are given by registered name; names not registered in
+batch 64; the trainer's own jitted step (`zoo.train.loop.make_train_step`:
+training-mode loss, gradients, Adam 1e-3, the after_update / after_step
+hooks), median wall time over repeats after warm-up. Mixing layers are given by registered name; names not registered in
 this environment are skipped with a note. Each runs in the registered Glow
 configuration made for it if there is one (selfnorm_conv1x1 -> selfnorm_glow,
 whose loss takes the self-normalized path), else in `glow`. Ratios are against the first
@@ -19,7 +19,6 @@ stay flat in depth.
 """
 
 import argparse
-import inspect
 import statistics
 import time
 
@@ -27,9 +26,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import zoo
+from zoo.train import TrainConfig
+from zoo.train.loop import global_batch, init_opt_state, make_mesh, make_optimizer, make_train_step
 
 
 def model_for(mixing):
@@ -55,31 +55,15 @@ def make_model(mixing, *, levels, depth, width, shape, key):
                             mixing=mixing)
 
 
-def make_step(static, opt, takes_step, has_after_step):
-    def step(params, opt_state, xs, key, i):
-        def loss(p):
-            m = eqx.combine(p, static)
-            keys = jax.random.split(key, len(xs))
-            kw = {"step": i} if takes_step else {}
-            losses, aux = jax.vmap(lambda x, k: m.loss(x, key=k, **kw))(xs, keys)
-            return jnp.mean(losses), jax.tree.map(lambda a: jnp.mean(a, axis=0), aux)
-
-        (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        if has_after_step:
-            params = eqx.filter(eqx.combine(params, static).after_step(aux, step=i), eqx.is_inexact_array)
-        return params, opt_state, value
-
-    return jax.jit(step, donate_argnums=(0, 1))
-
-
 def prepare(model, batch):
+    """The model after data init, and the trainer's own jitted step for it
+    (training mode, Adam 1e-3, non-finite guard, after_update / after_step hooks)."""
     model = eqx.filter_jit(zoo.data_init)(model, batch)
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    opt = optax.adam(1e-3)
-    takes_step = "step" in inspect.signature(model.loss).parameters
-    return params, static, opt, make_step(static, opt, takes_step, hasattr(model, "after_step"))
+    cfg = TrainConfig(lr=1e-3, batch_size=len(batch))
+    opt = make_optimizer(cfg, steps_per_epoch=1, total_steps=1)
+    mesh = make_mesh(jax.devices()[:1])
+    return params, init_opt_state(opt, params), mesh, make_train_step(static, opt, mesh)
 
 
 def bench_step(args):
@@ -97,16 +81,21 @@ def bench_step(args):
             continue
         model = make_model(mixing, levels=args.levels, depth=args.depth, width=args.width, shape=shape,
                            key=jax.random.key(0))
-        params, static, opt, step = prepare(model, xs)
-        opt_state = opt.init(params)
+        params, opt_state, mesh, train_step = prepare(model, xs)
+        x, mask = global_batch(mesh, np.asarray(xs)), global_batch(mesh, np.ones(len(xs), bool))
+
+        def step(params, opt_state, key, i):
+            params, opt_state, metrics = train_step(params, opt_state, x, mask, key, i)
+            return params, opt_state, metrics["loss"]
+
         key = jax.random.key(1)
-        for i in range(3):  # compile + warm-up
-            params, opt_state, loss = step(params, opt_state, xs, key, jnp.int32(i))
+        for i in range(3):  # compile + warm-up (the second call sees committed shardings)
+            params, opt_state, loss = step(params, opt_state, key, jnp.int32(i))
         jax.block_until_ready(loss)
         times = []
         for i in range(args.repeats):
             t0 = time.perf_counter()
-            params, opt_state, loss = step(params, opt_state, xs, jax.random.fold_in(key, i), jnp.int32(i))
+            params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, i), jnp.int32(i + 3))
             jax.block_until_ready(loss)
             times.append(time.perf_counter() - t0)
         t = statistics.median(times) * 1e3
@@ -126,14 +115,13 @@ def bench_compile(args):
     for depth in args.depths:
         model = make_model(args.mixing[0], levels=args.levels, depth=depth, width=args.width, shape=shape,
                            key=jax.random.key(0))
-        params, static, opt, _ = prepare(model, xs)
-        opt_state = opt.init(params)
+        params, opt_state, mesh, _ = prepare(model, xs)
+        x, mask = global_batch(mesh, np.asarray(xs)), global_batch(mesh, np.ones(len(xs), bool))
         times = []
         for _ in range(args.repeats):
-            takes_step = "step" in inspect.signature(model.loss).parameters
-            step = make_step(static, opt, takes_step, hasattr(model, "after_step"))  # fresh: no cache hit
+            step = prepare(model, xs)[3]  # a fresh jit: no cache hit
             t0 = time.perf_counter()
-            step.lower(params, opt_state, xs, jax.random.key(1), jnp.int32(0)).compile()
+            step.lower(params, opt_state, x, mask, jax.random.key(1), jnp.int32(0)).compile()
             times.append(time.perf_counter() - t0)
         t = statistics.median(times)
         base = base or t
