@@ -124,3 +124,38 @@ def test_evaluate_reports_the_standard_discrete_nll_for_8bit_images():
     assert img["nats_per_dim"] == pytest.approx(img["nll"] / 784)
     other = evaluate(step, None, pipe, mesh, key=jax.random.key(0), num_dims=784, images=False)
     assert other["nll"] == pytest.approx(1000.0) and "bpd" not in other
+
+
+@pytest.mark.parametrize("dim", [8, 1024])  # 1024^2 weights: the lax.cond path; 8: the fused select
+def test_nonfinite_step_is_skipped_whole_on_both_skip_paths(dim):
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    from zoo.bijections import Chain
+    from zoo.distributions import StandardNormal
+    from zoo.flow import Flow
+    from zoo.train import TrainConfig
+    from zoo.train.loop import global_batch, init_opt_state, make_mesh, make_optimizer, make_train_step
+    from zoo_selfnorm.layers import Dense
+
+    model = Flow(Chain([Dense((dim,), key=jax.random.key(0))]), StandardNormal((dim,)))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    opt = make_optimizer(TrainConfig(lr=1e-2, batch_size=4), steps_per_epoch=1, total_steps=1)
+    mesh = make_mesh(jax.devices()[:1])
+    step = make_train_step(static, opt, mesh)
+    state = init_opt_state(opt, params)
+    mask = global_batch(mesh, np.ones(4, bool))
+    x = np.random.default_rng(0).standard_normal((4, dim)).astype(np.float32)
+    before = jax.tree.map(np.asarray, (params, state))
+    bad = x.copy()
+    bad[1, 0] = np.nan
+    params, state, m = step(params, state, global_batch(mesh, bad), mask, jax.random.key(0), jnp.int32(0))
+    assert int(m["nonfinite"]) == 1
+    for a, b in zip(jax.tree.leaves(before[0]), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)  # nothing moved, Adam moments included below
+    for a, b in zip(jax.tree.leaves(before[1].inner), jax.tree.leaves(state.inner)):
+        np.testing.assert_array_equal(a, b)
+    params, state, m = step(params, state, global_batch(mesh, x), mask, jax.random.key(0), jnp.int32(1))
+    assert int(m["nonfinite"]) == 0 and np.isfinite(float(m["grad_norm"]))
+    assert not np.array_equal(before[0].bijection.layers[0].weight, params.bijection.layers[0].weight)
