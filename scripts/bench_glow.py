@@ -56,14 +56,14 @@ def make_model(mixing, *, levels, depth, width, shape, key):
 
 
 def prepare(model, batch):
-    """The model after data init, and the trainer's own jitted step for it
-    (training mode, Adam 1e-3, non-finite guard, after_update / after_step hooks)."""
+    """The model after data init and a maker of the trainer's own jitted step for
+    it (training mode, Adam 1e-3, non-finite guard, after_update / after_step hooks)."""
     model = eqx.filter_jit(zoo.data_init)(model, batch)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     cfg = TrainConfig(lr=1e-3, batch_size=len(batch))
     opt = make_optimizer(cfg, steps_per_epoch=1, total_steps=1)
     mesh = make_mesh(jax.devices()[:1])
-    return params, init_opt_state(opt, params), mesh, make_train_step(static, opt, mesh)
+    return params, init_opt_state(opt, params), mesh, lambda: make_train_step(static, opt, mesh)
 
 
 def bench_step(args):
@@ -81,7 +81,8 @@ def bench_step(args):
             continue
         model = make_model(mixing, levels=args.levels, depth=args.depth, width=args.width, shape=shape,
                            key=jax.random.key(0))
-        params, opt_state, mesh, train_step = prepare(model, xs)
+        params, opt_state, mesh, make_step = prepare(model, xs)
+        train_step = make_step()
         x, mask = global_batch(mesh, np.asarray(xs)), global_batch(mesh, np.ones(len(xs), bool))
 
         def step(params, opt_state, key, i):
@@ -115,11 +116,11 @@ def bench_compile(args):
     for depth in args.depths:
         model = make_model(args.mixing[0], levels=args.levels, depth=depth, width=args.width, shape=shape,
                            key=jax.random.key(0))
-        params, opt_state, mesh, _ = prepare(model, xs)
+        params, opt_state, mesh, make_step = prepare(model, xs)
         x, mask = global_batch(mesh, np.asarray(xs)), global_batch(mesh, np.ones(len(xs), bool))
         times = []
         for _ in range(args.repeats):
-            step = prepare(model, xs)[3]  # a fresh jit: no cache hit
+            step = make_step()  # a fresh jit: no cache hit
             t0 = time.perf_counter()
             step.lower(params, opt_state, x, mask, jax.random.key(1), jnp.int32(0)).compile()
             times.append(time.perf_counter() - t0)

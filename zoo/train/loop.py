@@ -140,7 +140,7 @@ def make_train_step(static, optimizer, mesh):
             return eqx.filter(model, eqx.is_inexact_array), inner
 
         operand = (params, opt_state.inner)
-        if max(a.size for a in jax.tree.leaves(params)) >= _COND_MIN_SIZE:
+        if max((a.size for a in jax.tree.leaves(params)), default=0) >= _COND_MIN_SIZE:
             params, inner = jax.lax.cond(finite, update, lambda operand: operand, operand)
         else:
             params, inner = jax.tree.map(lambda new, old: jnp.where(finite, new, old), update(operand), operand)
