@@ -22,14 +22,18 @@ import argparse
 import statistics
 import time
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
-import numpy as np
+from zoo._runtime import malloc_tuned, reexec_with_malloc_tuning
 
-import zoo
-from zoo.train import TrainConfig
-from zoo.train.loop import global_batch, init_opt_state, make_mesh, make_optimizer, make_train_step
+reexec_with_malloc_tuning()  # as `python -m zoo.train` runs (ZOO_MALLOC_TUNING=0: without)
+
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import zoo  # noqa: E402
+from zoo.train import TrainConfig  # noqa: E402
+from zoo.train.loop import global_batch, init_opt_state, make_mesh, make_optimizer, make_train_step  # noqa: E402
 
 
 def model_for(mixing):
@@ -72,7 +76,8 @@ def bench_step(args):
     xs = jnp.asarray(rng.uniform(size=(args.batch,) + shape), jnp.float32)
     registered = set(zoo.list_layers())
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; Glow {args.levels} levels x {args.depth} steps, "
-          f"width {args.width}, input {shape}, batch {args.batch}; median of {args.repeats} steps\n")
+          f"width {args.width}, input {shape}, batch {args.batch}; median of {args.repeats} steps; "
+          f"glibc hugetlb malloc {'on' if malloc_tuned() else 'off'}\n")
     print(f"{'mixing':<20} {'model':<16} {'step ms':>9} {'min ms':>8} {'x first':>8}")
     base = None
     for mixing in args.mixing:

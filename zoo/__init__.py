@@ -1,5 +1,10 @@
 """zoo: normalizing flows as Equinox modules, with model families as plugins."""
 
+from zoo import _runtime
+
+if _runtime._running_as(("zoo.train",)):
+    _runtime.reexec_with_malloc_tuning()  # before jax is imported; see zoo/_runtime.py
+
 from zoo import bijections, distributions, testing
 from zoo.bijections import Bijection, after_update, data_init
 from zoo.checkpoint import load_pretrained, save_pretrained
