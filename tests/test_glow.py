@@ -55,19 +55,20 @@ def test_conv1x1_lu_matches_its_dense_weight():
         check_bijection(layer, x)
 
 
-@pytest.mark.parametrize("c_in, c_out", [(3, 8), (8, 3)])  # im2col path, col2im path
-def test_conv_hwc_matches_lax_conv_values_and_gradients(c_in, c_out):
+@pytest.mark.parametrize("c_in, c_out, k", [(3, 8, 3), (8, 3, 3), (8, 5, 1)])  # im2col, col2im, 1x1 paths
+def test_conv_hwc_matches_lax_conv_values_and_gradients(c_in, c_out, k):
+    # batched with vmap, as the model runs it: the hand-written weight gradient
+    # (pixel_matmul's custom VJP) must sum over the batch
     with jax.enable_x64(True):
-        conv = _perturbed64(ConvHWC(c_in, c_out, 3, key=KEY))
-        x = jax.random.normal(jax.random.key(1), (5, 6, c_in), jnp.float64)
+        conv = _perturbed64(ConvHWC(c_in, c_out, k, key=KEY))
+        x = jax.random.normal(jax.random.key(1), (2, 5, 6, c_in), jnp.float64)
 
         def ref(w, b, v):
-            out = jax.lax.conv_general_dilated(v[None], w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-            return out[0] + b
+            return jax.lax.conv_general_dilated(v, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
 
-        np.testing.assert_allclose(conv(x), ref(conv.weight, conv.bias, x), atol=1e-12)
-        ct = jax.random.normal(jax.random.key(2), (5, 6, c_out), jnp.float64)
-        got = jax.grad(lambda c, v: jnp.sum(c(v) * ct), argnums=(0, 1))(conv, x)
+        np.testing.assert_allclose(jax.vmap(conv)(x), ref(conv.weight, conv.bias, x), atol=1e-12)
+        ct = jax.random.normal(jax.random.key(2), (2, 5, 6, c_out), jnp.float64)
+        got = jax.grad(lambda c, v: jnp.sum(jax.vmap(c)(v) * ct), argnums=(0, 1))(conv, x)
         want = jax.grad(lambda w, b, v: jnp.sum(ref(w, b, v) * ct), argnums=(0, 1, 2))(conv.weight, conv.bias, x)
         for g, w in zip([got[0].weight, got[0].bias, got[1]], want):
             np.testing.assert_allclose(g, w, atol=1e-10)

@@ -63,8 +63,10 @@ def _finite(name, tree):
 
 
 def brute_force_logdet(fn, x):
-    """log|det J| of `fn: x -> y` (same size) from the dense Jacobian."""
-    jac = jax.jacfwd(lambda v: fn(v.reshape(x.shape)).ravel())(x.ravel())
+    """log|det J| of `fn: x -> y` (same size) from the dense Jacobian (reverse
+    mode, which every trainable layer supports; some, like Glow's conditioner,
+    define only a custom VJP)."""
+    jac = jax.jacrev(lambda v: fn(v.reshape(x.shape)).ravel())(x.ravel())
     sign, logdet = jnp.linalg.slogdet(jac)
     return jnp.where(sign == 0, jnp.nan, logdet)  # singular -> NaN fails the comparison
 
