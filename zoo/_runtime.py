@@ -6,10 +6,10 @@ with a new mmap, so every step the kernel faults in and zeroes it 4 KiB at a
 time: ~38,000 page faults and ~80 ms of system time per Glow step on a 2-core
 CPU. glibc's `glibc.malloc.hugetlb=1` tunable (glibc >= 2.35; older versions
 ignore it) asks for transparent huge pages on those mappings instead: ~500
-faults, and the step is ~13 % faster (scripts/bench_glow.py). Tunables are
-read only when a process starts, so `python -m zoo.train` and the benchmark
-scripts re-execute themselves once with it set, before anything heavy is
-imported. Set ZOO_MALLOC_TUNING=0 to opt out; a library user sets
+faults, and the step is ~15 % faster (scripts/bench_glow.py). Tunables are
+read only when a process starts, so `python -m zoo.train` and
+scripts/bench_glow.py re-execute themselves once with it set, `zoo.train`
+before jax is imported. Set ZOO_MALLOC_TUNING=0 to opt out; a library user sets
 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 in their own environment.
 """
 
