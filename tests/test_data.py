@@ -365,7 +365,9 @@ def test_cli_list_info_check(tmp_path, capsys):
     assert data_cli(["check", "cifar10", "--data-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "cifar10: missing" in err and "Traceback" not in err
-    assert data_cli(["check", "no_such_set"]) == 2
+    with pytest.raises(SystemExit) as e:
+        data_cli(["check", "no_such_set"])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("zoo.data: error: ")
 
 
 def test_cli_exits_nonzero_on_missing_dataset(tmp_path):

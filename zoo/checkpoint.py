@@ -31,14 +31,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from zoo._cli import Failure
+
 __all__ = [
     "save_pretrained", "load_pretrained", "load_with_meta", "read_meta", "model_arrays", "abstract_model",
     "CheckpointError", "CorruptCheckpointWarning", "Checkpoints",
 ]
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be read."""
+class CheckpointError(Failure):
+    """A checkpoint could not be read or written."""
 
 
 class CorruptCheckpointWarning(UserWarning):

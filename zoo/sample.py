@@ -7,10 +7,12 @@ vector models; `--npy` also saves the raw samples.
 
 import dataclasses
 import inspect
-import sys
+import math
 from pathlib import Path
 
 import tyro
+
+from zoo._cli import Failure, UsageError, cli
 
 
 @dataclasses.dataclass
@@ -46,36 +48,40 @@ def sample(model, key, *, num: int, temperature: float = 1.0, batch: int = 256, 
     params = inspect.signature(model.sample).parameters
     unknown = [k for k in options if k not in params]
     if unknown:
-        raise ValueError(f"{type(model).__name__}.sample takes no option(s) {unknown}")
+        raise UsageError(f"{type(model).__name__}.sample takes no option(s) {unknown}; it takes {list(params)[1:]}")
     if "temperature" in params:
         options["temperature"] = temperature
     elif temperature != 1.0:
-        raise ValueError(f"{type(model).__name__}.sample has no temperature")
+        raise UsageError(f"{type(model).__name__}.sample has no temperature; leave --temperature at 1.0")
     draw = jax.jit(jax.vmap(lambda k: model.sample(k, **options)))
     keys = jax.random.split(key, num)
     return np.concatenate([np.asarray(draw(keys[i : i + batch])) for i in range(0, num, batch)])
 
 
+def _validate(cmd: SampleCommand):
+    if cmd.num < 1 or cmd.batch < 1:
+        raise UsageError(f"--num and --batch must be at least 1 (got {cmd.num} and {cmd.batch}); pass positive counts")
+    if not (math.isfinite(cmd.temperature) and cmd.temperature > 0):
+        raise UsageError(f"--temperature must be a positive number, got {cmd.temperature}; 1.0 samples the model itself")
+
+
+@cli("zoo.sample")
 def main(argv=None):
     cmd = tyro.cli(SampleCommand, args=argv, prog="python -m zoo.sample")
+    _validate(cmd)
     import jax
     import numpy as np
 
-    from zoo.checkpoint import CheckpointError, load_with_meta
+    from zoo.checkpoint import load_with_meta
     from zoo.images import save_grid, save_points
 
-    try:
-        model, meta = load_with_meta(cmd.checkpoint, sha256=cmd.sha256, step=cmd.step)
-    except CheckpointError as e:
-        print(f"zoo.sample: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    model, meta = load_with_meta(cmd.checkpoint, sha256=cmd.sha256, step=cmd.step)
     # models with a fast approximate inverse take sample(..., exact=True) for the true one
     options = {"exact": True} if cmd.exact_inverse else {}
-    try:
-        xs = sample(model, jax.random.key(cmd.seed), num=cmd.num, temperature=cmd.temperature, batch=cmd.batch, **options)
-    except ValueError as e:
-        print(f"zoo.sample: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    xs = sample(model, jax.random.key(cmd.seed), num=cmd.num, temperature=cmd.temperature, batch=cmd.batch, **options)
+    if not np.isfinite(xs).reshape(len(xs), -1).all(axis=1).any():
+        raise Failure(f"all {len(xs)} samples are NaN/inf (nothing written); try a lower --temperature "
+                      "or a better-trained checkpoint")
     out = Path(cmd.out)
     if len(meta["input_shape"]) == 3:
         save_grid(xs, out)

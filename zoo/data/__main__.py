@@ -10,7 +10,8 @@ import argparse
 import sys
 
 from zoo.data.base import MissingDatasetError, download_command, load_dataset, resolve_data_dir
-from zoo.registry import RegistryError, get_dataset, list_datasets, provider
+from zoo._cli import cli, message
+from zoo.registry import get_dataset, list_datasets, provider
 
 
 def _list(_args) -> int:
@@ -50,7 +51,7 @@ def _check(args) -> int:
         try:
             sizes = [f"{s} {len(load_dataset(name, split=s, data_dir=args.data_dir))}" for s in src.splits]
         except MissingDatasetError as e:
-            print(f"FAIL  {e}", file=sys.stderr)  # the message starts with the name
+            print(f"FAIL  {message(e)}", file=sys.stderr)  # the message starts with the name
             failed += 1
             continue
         verify = getattr(src, "verify", None)
@@ -62,6 +63,7 @@ def _check(args) -> int:
     return 1 if failed else 0
 
 
+@cli("zoo.data")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zoo.data", description="Inspect and check zoo's datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,11 +73,7 @@ def main(argv=None) -> int:
         p.add_argument("name", nargs=nargs, metavar="NAME")
         p.add_argument("--data-dir", default=None, help="default: $ZOO_DATA_DIR, else ~/.cache/zoo/data")
     args = parser.parse_args(argv)
-    try:
-        return {"list": _list, "info": _info, "check": _check}[args.command](args)
-    except RegistryError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return {"list": _list, "info": _info, "check": _check}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo._cli import UsageError, cli, message
 from zoo.data import formats
 from zoo.data.base import CorruptDatasetError, MissingDatasetError, resolve_data_dir
 from zoo.data.sources import converted_path
@@ -389,6 +390,7 @@ def prepare(name: str, data_dir=None, *, convert: bool = True, force: bool = Fal
     return folder
 
 
+@cli("zoo.download_data")
 def main(argv=None) -> int:
     names = sorted(RESOURCES) + sorted(ALIASES) + list(BUNDLED)
     parser = argparse.ArgumentParser(
@@ -406,12 +408,15 @@ def main(argv=None) -> int:
     # "all": everything downloadable (Chrabaszcz's needs a login: name it explicitly).
     downloadable = [n for n in sorted(RESOURCES) if RESOURCES[n][0].urls] + list(BUNDLED)
     todo = downloadable if args.names == ["all"] else args.names
+    unknown = [n for n in todo if n not in names]
+    if unknown:  # before anything is downloaded
+        raise UsageError(f"unknown dataset(s) {unknown}; choose from {', '.join(names)}, or all")
     failed = 0
     for name in todo:
         try:
             prepare(name, args.data_dir, convert=not args.no_convert, force=args.force,
                     verify_only=args.verify_only, quiet=args.quiet)
-        except (MissingDatasetError, ValueError) as e:
-            print(f"{name}: {e}", file=sys.stderr)
+        except OSError as e:  # MissingDatasetError included; the other datasets still get done
+            print(f"zoo.download_data: error: {name}: {message(e)}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0

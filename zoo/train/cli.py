@@ -18,6 +18,7 @@ from typing import Literal
 import tyro
 
 import zoo
+from zoo._cli import cli
 from zoo.train.config import TrainConfig
 
 DEFAULT_MODEL = "realnvp"
@@ -121,6 +122,7 @@ def parse(argv=None):
     return command.model, command.model_cfg, command.data, train_cfg
 
 
+@cli("zoo.train")
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--distributed" in argv:  # before anything (plugins included) touches a JAX backend
@@ -132,14 +134,6 @@ def main(argv=None):
         known, _ = pre.parse_known_args(argv)
         initialize_distributed(known.coordinator_address, known.num_processes, known.process_id)
     model, model_cfg, data, cfg = parse(argv)
-    from zoo.data import MissingDatasetError
-    from zoo.train.loop import TrainingDiverged, train
+    from zoo.train.loop import train
 
-    try:
-        train(model, model_cfg, data, cfg)
-    except MissingDatasetError as e:
-        print(f"zoo.train: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except TrainingDiverged as e:
-        print(f"zoo.train: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    train(model, model_cfg, data, cfg)

@@ -24,6 +24,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import zoo
+from zoo._cli import Failure
 from zoo.flow import bits_per_dim, call_with_key
 from zoo.train.config import TrainConfig
 
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(Failure):
     """Too many consecutive non-finite gradients."""
 
 
