@@ -425,3 +425,50 @@ def test_list_patterns(good_plugin):
     assert zoo.list_models("no_such_*") == []
     assert zoo.list_layers("fake_s*") == ["fake_scale"]
     assert set(zoo.list_models()) >= {"fake_good", "fake_great", "inproc_toy"}
+
+
+# --- (g) which data a model takes -------------------------------------------
+
+
+def test_model_input_kinds_pick_compatible_and_default_datasets(good_plugin):
+    """A config without input_kinds takes every kind and trains on mnist_bundled (the first that fits of
+    mnist_bundled, moons); one declaring vectors gets only vector datasets, and a mismatch names them."""
+    assert registry.input_kind((1, 28, 28)) == "image" and registry.input_kind((2,)) == "vector"
+    assert "mnist_bundled" in registry.compatible_datasets("fake_good")
+    assert registry.default_dataset("fake_good") == "mnist_bundled"
+
+    @dataclasses.dataclass(frozen=True)
+    class VectorsOnly:
+        input_kinds: ClassVar = ("vector",)
+
+        def build(self, *, input_shape, key): ...
+
+    zoo.register_model("inproc_vectors")(VectorsOnly)
+    fits = registry.compatible_datasets("inproc_vectors")
+    assert "moons" in fits and "fake_ramp" in fits and "mnist_bundled" not in fits and "cifar10" not in fits
+    assert registry.default_dataset("inproc_vectors") == "moons"
+    registry.check_compatible("inproc_vectors", "fake_ramp")
+    with pytest.raises(zoo.RegistryError, match=r"takes vectors but dataset 'cifar10' holds images of shape "
+                                                r"\(3, 32, 32\); datasets that fit 'inproc_vectors': .*fake_ramp"):
+        registry.check_compatible("inproc_vectors", "cifar10")
+
+
+def test_input_kinds_must_be_known_kinds(good_plugin):
+    for kinds in ("image", ("images",)):
+        @dataclasses.dataclass(frozen=True)
+        class Typo:
+            input_kinds: ClassVar = kinds
+
+            def build(self, *, input_shape, key): ...
+
+        with pytest.raises(TypeError, match=r"input_kinds .* is not a tuple drawn from \('image', 'vector'\)"):
+            zoo.register_model("inproc_typo")(Typo)
+
+
+def test_every_model_declares_a_default_dataset_that_fits_it():
+    registry.refresh()
+    for name in zoo.list_models():
+        data = registry.default_dataset(name)
+        registry.check_compatible(name, data)  # raises naming the datasets that would fit
+        assert data in zoo.list_datasets(), (name, data)
+    assert registry.default_dataset("glow") == "mnist_bundled" and registry.default_dataset("realnvp") == "moons"

@@ -40,10 +40,12 @@ def test_parse_model_fields_and_training_flags():
 
 
 def test_help_lists_models_datasets_and_model_fields():
-    r = _run("--model", "maf", "--help")
+    r = _run("--model", "glow", "--help")
     assert r.returncode == 0
-    for word in ("realnvp", "nsf", "moons", "--model-cfg", "--steps", "--batch-size"):
+    for word in ("realnvp", "nsf", "moons", "--model-cfg.levels", "--steps", "--batch-size",
+                 "Preset: a name from configs/", "Registered model to train", "glow takes binarized_mnist"):
         assert word in r.stdout, word
+    assert " ".join(r.stdout.split("--data {")[1].split()).count("(default: mnist_bundled)") == 1  # glow's own
 
 
 def test_short_run_improves_nll_and_writes_outputs(tmp_path):
@@ -66,7 +68,7 @@ def test_short_run_improves_nll_and_writes_outputs(tmp_path):
 
 
 def test_missing_dataset_exits_nonzero_with_download_command(tmp_path):
-    r = _run("--model", "realnvp", "--data", "mnist", "--data-dir", str(tmp_path), "--steps", "1")
+    r = _run("--model", "glow", "--data", "mnist", "--data-dir", str(tmp_path), "--steps", "1")
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert "mnist" in r.stderr and "scripts/download_data.py mnist --data-dir" in r.stderr
@@ -159,3 +161,46 @@ def test_nonfinite_step_is_skipped_whole_on_both_skip_paths(dim):
     params, state, m = step(params, state, global_batch(mesh, x), mask, jax.random.key(0), jnp.int32(1))
     assert int(m["nonfinite"]) == 0 and np.isfinite(float(m["grad_norm"]))
     assert not np.array_equal(before[0].bijection.layers[0].weight, params.bijection.layers[0].weight)
+
+
+def _main_error(capsys, *argv):
+    """Run the CLI in-process; (exit status, stderr)."""
+    from zoo.train.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    return e.value.code, capsys.readouterr().err
+
+
+def test_a_model_alone_trains_on_its_own_dataset():
+    assert parse(["--model", "glow"])[2] == "mnist_bundled"
+    assert parse(["--model", "nsf"])[2] == "moons"
+    assert parse(["--data", "cifar10"])[0] == "glow" and parse(["--data", "circles"])[0] == "realnvp"
+    assert parse(["--config", "glow_mnist_small", "--model", "selfnorm_glow"])[2] == "mnist_bundled"  # the preset's
+
+
+@pytest.mark.parametrize("argv, fits, not_fits", [
+    (["--model", "realnvp", "--data", "mnist_bundled"], ["moons", "circles", "8gaussians"], ["mnist"]),
+    (["--model", "glow", "--data", "moons"], ["mnist_bundled", "mnist", "cifar10"], ["circles"]),
+    (["--config", "quickstart", "--model", "nsf"], ["moons"], ["cifar10"]),  # the preset's data, another model
+])
+def test_model_data_mismatch_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, fits, not_fits):
+    code, err = _main_error(capsys, *argv, "--steps", "1", "--out-dir", str(tmp_path / "runs"))
+    assert code == 2 and err.count("\n") == 1 and err.startswith("zoo.train: error: "), err
+    listed = err.split("datasets that fit")[1]
+    assert all(d in listed for d in fits) and not any(d in listed.split(";")[0] for d in not_fits), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_architecture_that_does_not_fit_the_data_fails_before_a_run(tmp_path, capsys):
+    code, err = _main_error(capsys, "--model", "glow", "--data", "mnist_bundled", "--model-cfg.levels", "3",
+                            "--out-dir", str(tmp_path / "runs"))
+    assert code == 2 and "3 levels squeeze H and W by 8" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flag, typo, meant", [("--model", "glwo", "glow"), ("--data", "moosn", "moons"),
+                                               ("--config", "quickstrat", "quickstart")])
+def test_mistyped_names_get_a_did_you_mean(capsys, flag, typo, meant):
+    code, err = _main_error(capsys, flag, typo)
+    assert code == 2 and f"{typo!r}" in err and f"id you mean {meant!r}" in err, err

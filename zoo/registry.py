@@ -4,7 +4,8 @@ Three entry-point groups, read lazily on first use and cached:
 
 - `zoo.models`: a frozen dataclass config (fields = hyperparameters = CLI
   flags, every field with a default, docstring = help) with a method
-  `build(*, input_shape, key) -> model`.
+  `build(*, input_shape, key) -> model`; optional ClassVars `input_kinds`
+  (drawn from "image", "vector") and `default_data` say which datasets fit.
 - `zoo.layers`: a `Bijection` class (or factory) called as
   `layer(shape, *, key, **options)`.
 - `zoo.datasets`: a `zoo.data.DatasetSource` subclass.
@@ -33,6 +34,11 @@ __all__ = [
     "get_layer",
     "get_dataset",
     "model_name_of",
+    "input_kind",
+    "model_input_kinds",
+    "compatible_datasets",
+    "default_dataset",
+    "check_compatible",
     "create_model",
     "create_layer",
     "register_model",
@@ -124,6 +130,9 @@ def _validate(kind: str, name: str, obj: Any) -> None:
                 problems.append(f"has fields without defaults: {missing}")
         if not callable(getattr(obj, "build", None)):
             problems.append("has no build(*, input_shape, key) method")
+        kinds = getattr(obj, "input_kinds", INPUT_KINDS)
+        if isinstance(kinds, str) or not set(kinds) <= set(INPUT_KINDS):
+            problems.append(f"input_kinds {kinds!r} is not a tuple drawn from {INPUT_KINDS}")
         if problems:
             raise TypeError(f"model config {getattr(obj, '__name__', obj)!r} " + "; ".join(problems))
     elif not callable(obj):
@@ -218,6 +227,48 @@ def get_layer(name: str):
 def get_dataset(name: str):
     """An instance of the dataset source registered as `name`."""
     return _get("dataset", name)()
+
+
+INPUT_KINDS = ("image", "vector")
+
+
+def input_kind(shape) -> str:
+    """What one example of `shape` is: "image" (C x H x W) or "vector" (D,)."""
+    return {1: "vector", 3: "image"}.get(len(tuple(shape)), f"{len(tuple(shape))}-d array")
+
+
+def model_input_kinds(model: str) -> tuple[str, ...]:
+    """The input kinds model `model` takes: its config's `input_kinds` ClassVar (default: every kind)."""
+    return tuple(getattr(_get("model", model), "input_kinds", INPUT_KINDS))
+
+
+def compatible_datasets(model: str) -> list[str]:
+    """The registered datasets whose examples model `model` takes."""
+    kinds = model_input_kinds(model)
+    return [d for d in list_datasets() if input_kind(_get("dataset", d).shape) in kinds]
+
+
+def default_dataset(model: str) -> str:
+    """What model `model` trains on when no dataset is named: its config's
+    `default_data` ClassVar, else the first that fits of mnist_bundled, moons, any."""
+    declared = getattr(_get("model", model), "default_data", None)
+    if declared is not None:
+        return declared
+    fits = compatible_datasets(model)
+    if not fits:
+        raise RegistryError(f"no installed dataset fits model {model!r} (it takes {' or '.join(model_input_kinds(model))}s); "
+                            "install a dataset plugin or register one")
+    return next((d for d in ("mnist_bundled", "moons") if d in fits), fits[0])
+
+
+def check_compatible(model: str, data: str) -> None:
+    """Raise `RegistryError` listing the datasets that fit when model `model` cannot take `data`'s examples."""
+    kinds, shape = model_input_kinds(model), tuple(_get("dataset", data).shape)
+    if input_kind(shape) not in kinds:
+        raise RegistryError(
+            f"model {model!r} takes {' or '.join(kinds)}s but dataset {data!r} holds {input_kind(shape)}s of shape "
+            f"{shape}; datasets that fit {model!r}: {', '.join(compatible_datasets(model)) or '(none installed)'}"
+        )
 
 
 def model_name_of(config) -> str:

@@ -56,6 +56,8 @@ class RealNVPConfig:
     """Feature permutation ending each block: reverse the order, or a fixed random permutation."""
 
     example_input_shape: ClassVar[tuple] = (2,)
+    input_kinds: ClassVar[tuple] = ("vector",)
+    default_data: ClassVar[str] = "moons"
 
     def build(self, *, input_shape, key) -> Flow:
         shape = _vector_shape("realnvp", input_shape)
@@ -85,6 +87,8 @@ class MAFConfig:
     """Put a data-initialised ActNorm before every MADE layer (in place of MAF's batch norm)."""
 
     example_input_shape: ClassVar[tuple] = (2,)
+    input_kinds: ClassVar[tuple] = ("vector",)
+    default_data: ClassVar[str] = "moons"
 
     def build(self, *, input_shape, key) -> Flow:
         shape = _vector_shape("maf", input_shape)
@@ -116,6 +120,8 @@ class NSFConfig:
     """Put a data-initialised ActNorm at the start of every block."""
 
     example_input_shape: ClassVar[tuple] = (2,)
+    input_kinds: ClassVar[tuple] = ("vector",)
+    default_data: ClassVar[str] = "moons"
 
     def build(self, *, input_shape, key) -> Flow:
         shape = _vector_shape("nsf", input_shape)

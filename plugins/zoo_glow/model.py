@@ -189,6 +189,8 @@ class GlowConfig:
     """Learned per-channel mean and scale of the top prior (False: standard normal)."""
 
     example_input_shape: ClassVar[tuple] = (2, 4, 4)
+    input_kinds: ClassVar[tuple] = ("image",)
+    default_data: ClassVar[str] = "mnist_bundled"
     example_overrides: ClassVar[dict] = {"levels": 2, "depth": 2, "width": 8}
 
     def mixing_options(self) -> dict:

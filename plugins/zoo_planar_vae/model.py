@@ -240,6 +240,8 @@ class PlanarVAEConfig:
     binarise, e.g. mnist_bundled); leave off for binarized_mnist / binarized_mnist_dynamic."""
 
     example_input_shape: ClassVar = (1, 4, 4)
+    input_kinds: ClassVar = ("image",)
+    default_data: ClassVar = "binarized_mnist_dynamic"  # a Bernoulli decoder: binary pixels, as the paper
     example_overrides: ClassVar = dict(latent_dim=2, hidden=8, maxout_window=2, flow_length=3,
                                        num_importance=12, eval_chunk=5)
     domain: ClassVar = (0.0, 1.0)  # Bernoulli means: conformance inputs are drawn in (0, 1)

@@ -52,6 +52,8 @@ class CNNFlowConfig:
     """Data in [0, 1) enter through logit(alpha + (1 - 2 alpha) x); its log-det is counted."""
 
     example_input_shape: ClassVar = (1, 4, 4)
+    input_kinds: ClassVar = ("image",)
+    default_data: ClassVar = "mnist_bundled"
     domain: ClassVar = (0.0, 1.0)  # pipeline images; the model starts with a logit
     example_overrides: ClassVar = {"num_blocks": 2, "layers_per_block": 2}
 

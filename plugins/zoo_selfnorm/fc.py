@@ -51,6 +51,8 @@ class _FCFields:
     """Data in [0, 1) enter through logit(alpha + (1 - 2 alpha) x)."""
 
     example_input_shape: ClassVar = (1, 2, 3)
+    input_kinds: ClassVar = ("image",)  # 8-bit images in [0, 1): the logit needs that range
+    default_data: ClassVar = "mnist_bundled"
     domain: ClassVar = (0.0, 1.0)
 
 

@@ -10,19 +10,20 @@ the plugin registry at run time.
 # run time and tyro needs real types, not strings.
 import argparse
 import dataclasses
+import difflib
 import sys
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
 import zoo
-from zoo._cli import cli
+from zoo._cli import UsageError, cli
 from zoo.train.config import TrainConfig
 
-DEFAULT_MODEL = "realnvp"
-DEFAULT_DATA = "moons"
+# The model `--data NAME` alone trains, by the kind of NAME's examples.
+DEFAULT_MODELS = {"image": "glow", "vector": "realnvp"}
 DEFAULT_PRESET = "quickstart"  # what a bare `python -m zoo.train` runs
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -37,7 +38,9 @@ def load_preset(name: str) -> dict:
     if not (path.suffix == ".toml" and path.is_file()):
         path = CONFIGS_DIR / f"{name}.toml"
     if not path.is_file():
-        _fail(f"unknown --config {name!r}; choose from: {', '.join(list_presets())} (or a path to a .toml file)")
+        hint = difflib.get_close_matches(name, list_presets(), n=3)
+        _fail(f"unknown --config {name!r}; " + (f"did you mean {', '.join(map(repr, hint))}? " if hint else "")
+              + f"choose from: {', '.join(list_presets())} (or a path to a .toml file)")
     try:
         preset = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
@@ -60,14 +63,24 @@ def _choices(names):
     return Literal[tuple(names)]  # type: ignore[valid-type]
 
 
-def build_cli_class(model: str, models, datasets):
+def _help(kind, text: str):
+    return Annotated[kind, tyro.conf.arg(help=text)]
+
+
+def build_cli_class(model: str, models, datasets, data: str):
     """The dataclass tyro parses: training settings + --model/--data + the
     chosen model's config under --model-cfg."""
     cfg_cls = type(zoo.get_model_config(model))
+    fits = ", ".join(zoo.registry.compatible_datasets(model))
     fields = [
-        ("config", str | None, dataclasses.field(default=None)),
-        ("model", _choices(models), dataclasses.field(default=model)),
-        ("data", _choices(datasets), dataclasses.field(default=DEFAULT_DATA)),
+        ("config", _help(str | None, "Preset: a name from configs/ or a path to a .toml file; flags override "
+                                     "its values (bare `python -m zoo.train`: quickstart)."),
+         dataclasses.field(default=None)),
+        ("model", _help(_choices(models), "Registered model to train; `--model NAME --help` shows its "
+                                          "--model-cfg.* hyperparameters."), dataclasses.field(default=model)),
+        ("data", _help(_choices(datasets), f"Registered dataset; {model} takes {fits}. Without --data: "
+                                           "the preset's dataset, else the model's own."),
+         dataclasses.field(default=data)),
         ("model_cfg", cfg_cls, dataclasses.field(default_factory=cfg_cls)),
     ]
     cls = dataclasses.make_dataclass("TrainCommand", fields, bases=(TrainConfig,))
@@ -100,14 +113,23 @@ def parse(argv=None):
     if config is None and known.model is None and known.data is None:
         config = DEFAULT_PRESET
     preset = load_preset(config) if config else {}
-    model = known.model or preset.get("model", DEFAULT_MODEL)
-    data = known.data or preset.get("data", DEFAULT_DATA)
+    data = known.data or preset.get("data")
+    if data is not None:
+        zoo.get_dataset(data)  # an unknown name: RegistryError with "did you mean" (exit 2)
+    model = known.model or preset.get("model")
+    if model is None:
+        kind = "image" if data is None else zoo.registry.input_kind(zoo.get_dataset(data).shape)
+        model = DEFAULT_MODELS.get(kind, "realnvp")
+    zoo.get_model_config(model)
+    data = data or zoo.registry.default_dataset(model)
+    try:
+        zoo.registry.check_compatible(model, data)  # before anything is parsed further or written
+    except zoo.RegistryError as e:
+        if known.data is None and "data" in preset:
+            raise UsageError(f"{e} (--data {data} comes from --config {config}; pass --data to choose)") from None
+        raise
     models, datasets = zoo.list_models(), zoo.list_datasets()
-    if model not in models:
-        _fail(f"unknown --model {model!r}; choose from: {', '.join(models)}")
-    if data not in datasets:
-        _fail(f"unknown --data {data!r}; choose from: {', '.join(datasets)}")
-    cls = build_cli_class(model, models, datasets)
+    cls = build_cli_class(model, models, datasets, data)
     model_cfg = zoo.get_model_config(model)
     if preset and model == preset.get("model"):  # a preset's fields belong to its own model
         model_cfg = _replace(f"--config {config}: model {model!r}", model_cfg, preset.get("model_cfg", {}))
@@ -119,7 +141,21 @@ def parse(argv=None):
                   **{f.name: getattr(train_cfg, f.name) for f in dataclasses.fields(TrainConfig)})
     command = tyro.cli(cls, args=argv, default=default, prog="python -m zoo.train")
     train_cfg = TrainConfig(**{f.name: getattr(command, f.name) for f in dataclasses.fields(TrainConfig)})
+    check_builds(command.model, command.model_cfg, command.data)
     return command.model, command.model_cfg, command.data, train_cfg
+
+
+def check_builds(model: str, model_cfg, data: str) -> None:
+    """Trace the model's construction for the dataset's shape (no arrays are made), so an
+    architecture that does not fit the data (e.g. too many Glow levels) fails before a run starts."""
+    import equinox as eqx
+    import jax
+
+    shape = tuple(zoo.get_dataset(data).shape)
+    try:
+        eqx.filter_eval_shape(model_cfg.build, input_shape=shape, key=jax.random.key(0))
+    except ValueError as e:
+        raise UsageError(f"--model {model} cannot be built for --data {data} {shape}: {e}") from None
 
 
 @cli("zoo.train")

@@ -24,8 +24,11 @@ class ExampleFlowConfig:
     negative_slope: float = 0.5
     """Initial slope of the leaky ReLU for negative inputs (learned)."""
 
-    # Not a field (ClassVar): the shape zoo's conformance tests build this model for.
+    # Not fields (ClassVars): the shape zoo's conformance tests build this model for, the kinds of
+    # data it takes ("vector" (D,) and/or "image" C x H x W) and what it trains on by default.
     example_input_shape: ClassVar = (2,)
+    input_kinds: ClassVar = ("vector",)
+    default_data: ClassVar = "moons"
 
     def build(self, *, input_shape, key):
         input_shape = tuple(input_shape)
