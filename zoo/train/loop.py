@@ -391,16 +391,15 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
     def write_samples(path, model_now, step):
         """A PNG of samples (image grid, or a 2-D histogram for vectors), also to wandb."""
         from zoo.images import save_grid, save_points
-        from zoo.sample import sample as draw
+        from zoo.sample import sample as draw, sample_problems
 
         if jax.process_index() != 0 or not (images or num_dims >= 2):
             return path
         num = cfg.num_samples if images else 20000
         xs = draw(model_now, k_sample, num=num, temperature=cfg.sample_temperature, batch=256 if images else 4096)
-        bad = int(np.sum(~np.all(np.isfinite(xs.reshape(len(xs), -1)), axis=1)))
-        if bad:
-            tqdm.write(f"zoo.train: warning: {bad} of {len(xs)} samples are not finite (drawn grey in {path.name}); "
-                       "try a lower --sample-temperature or train longer")
+        problems = sample_problems(xs, images=images)
+        if problems:
+            tqdm.write(f"zoo.train: warning: {path.name}: {problems}; try a lower --sample-temperature or train longer")
         save_grid(xs, path) if images else save_points(xs, path)
         wb.image("samples", path, step)
         return path
