@@ -105,29 +105,6 @@ def test_preset_values_are_defaults_that_flags_override(tmp_path):
     assert e.value.code == 2
 
 
-def test_evaluate_reports_the_standard_discrete_nll_for_8bit_images():
-    """8-bit images: nll = -log p(x in [0,1)) + D log 256 = bpd * D log 2 (hand computed);
-    other data: nll = -log p(x)."""
-    import math
-
-    import jax
-
-    from zoo.train.loop import evaluate, make_mesh
-
-    class Pipe(list):
-        batch_size = 2
-
-    pipe = Pipe([{"x": np.zeros((2, 1, 28, 28), np.float32), "mask": np.ones(2, bool)}])
-    step = lambda params, x, mask, key: (jax.numpy.asarray(-2000.0), jax.numpy.asarray(2.0))  # noqa: E731
-    mesh = make_mesh(jax.devices()[:1])
-    img = evaluate(step, None, pipe, mesh, key=jax.random.key(0), num_dims=784, images=True)
-    assert img["nll"] == pytest.approx(1000.0 + 784 * 8 * math.log(2.0), rel=1e-12)  # 5347.28 nats
-    assert img["bpd"] == pytest.approx(img["nll"] / (784 * math.log(2.0)), rel=1e-6)
-    assert img["nats_per_dim"] == pytest.approx(img["nll"] / 784)
-    other = evaluate(step, None, pipe, mesh, key=jax.random.key(0), num_dims=784, images=False)
-    assert other["nll"] == pytest.approx(1000.0) and "bpd" not in other
-
-
 @pytest.mark.parametrize("dim", [8, 1024])  # 1024^2 weights: the lax.cond path; 8: the fused select
 def test_nonfinite_step_is_skipped_whole_on_both_skip_paths(dim):
     import equinox as eqx

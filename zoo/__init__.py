@@ -10,6 +10,7 @@ from zoo.bijections import Bijection, after_update, data_init
 from zoo.checkpoint import load_pretrained, save_pretrained
 from zoo.data import CorruptDatasetError, DatasetSource, MissingDatasetError, load_dataset
 from zoo.flow import Flow, bits_per_dim
+from zoo.pretrained import list_pretrained, pretrained_card
 from zoo.registry import (
     PluginImportWarning,
     RegistryError,
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "bijections", "distributions", "testing",
     "Bijection", "Flow", "bits_per_dim", "data_init", "after_update", "load_pretrained", "save_pretrained",
+    "list_pretrained", "pretrained_card",
     "DatasetSource", "MissingDatasetError", "CorruptDatasetError", "load_dataset",
     "PluginImportWarning", "RegistryError",
     "create_layer", "create_model", "get_dataset", "get_layer", "get_model_config",

@@ -217,7 +217,16 @@ def _cache_dir() -> Path:
 def _resolve(path_or_url, sha256):
     """A local checkpoint directory for a directory, an archive file or a URL
     (downloads and extractions are cached under $ZOO_CACHE_DIR, default
-    ~/.cache/zoo)."""
+    ~/.cache/zoo). A registered pretrained name (`selfnorm_fc.mnist`) means
+    its card's archive, verified against the card's sha256."""
+    from zoo.pretrained import archive_of, is_pretrained_name, pretrained_card
+
+    if is_pretrained_name(path_or_url):
+        card = pretrained_card(path_or_url)
+        if sha256 is not None and sha256.lower() != card["sha256"]:
+            raise CheckpointError(f"pretrained {path_or_url!r}: its card records sha256 {card['sha256']}, not {sha256}; "
+                                  "leave sha256 out to use the card's")
+        return _resolve(archive_of(card), card["sha256"])
     s = str(path_or_url)
     if urllib.parse.urlparse(s).scheme in ("http", "https"):
         cache = _cache_dir()

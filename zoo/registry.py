@@ -1,6 +1,6 @@
 """Plugin discovery through Python entry points.
 
-Three entry-point groups, read lazily on first use and cached:
+Four entry-point groups, read lazily on first use and cached:
 
 - `zoo.models`: a frozen dataclass config (fields = hyperparameters = CLI
   flags, every field with a default, docstring = help) with a method
@@ -9,6 +9,9 @@ Three entry-point groups, read lazily on first use and cached:
 - `zoo.layers`: a `Bijection` class (or factory) called as
   `layer(shape, *, key, **options)`.
 - `zoo.datasets`: a `zoo.data.DatasetSource` subclass.
+- `zoo.pretrained`: a pretrained model named `architecture.tag`; the entry
+  loads a card locator (`zoo.pretrained`: a callable name -> card path, or
+  a path).
 
 A plugin that fails to import is reported once, as a warning naming its
 distribution and the error, and every other plugin still works. Two
@@ -19,6 +22,7 @@ import dataclasses
 import difflib
 import fnmatch
 import importlib.metadata
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -48,7 +52,7 @@ __all__ = [
     "refresh",
 ]
 
-GROUPS = {"model": "zoo.models", "layer": "zoo.layers", "dataset": "zoo.datasets"}
+GROUPS = {"model": "zoo.models", "layer": "zoo.layers", "dataset": "zoo.datasets", "pretrained": "zoo.pretrained"}
 IN_PROCESS = "<registered in-process>"
 
 
@@ -135,6 +139,9 @@ def _validate(kind: str, name: str, obj: Any) -> None:
             problems.append(f"input_kinds {kinds!r} is not a tuple drawn from {INPUT_KINDS}")
         if problems:
             raise TypeError(f"model config {getattr(obj, '__name__', obj)!r} " + "; ".join(problems))
+    elif kind == "pretrained":
+        if not (callable(obj) or isinstance(obj, (str, os.PathLike))):
+            raise TypeError(f"pretrained {name!r} must load a card locator (callable or path), got {type(obj).__name__}")
     elif not callable(obj):
         raise TypeError(f"{kind} {name!r} must be a class or callable, got {type(obj).__name__}")
 

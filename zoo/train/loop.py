@@ -25,7 +25,8 @@ from jax.sharding import PartitionSpec as P
 
 import zoo
 from zoo._cli import Failure
-from zoo.flow import bits_per_dim, call_with_key
+from zoo.evaluate import evaluate, make_eval_step
+from zoo.flow import bits_per_dim
 from zoo.train.config import TrainConfig
 
 __all__ = [
@@ -157,51 +158,12 @@ def make_train_step(static, optimizer, mesh):
     )
 
 
-def make_eval_step(static, mesh):
-    """jit(fn)(params, x, mask, key) -> (sum of log p over real examples, count)."""
-    replicated = NamedSharding(mesh, P())
-    batch = NamedSharding(mesh, P("data"))
-
-    def fn(params, x, mask, key):
-        model = eqx.combine(params, static)
-        keys = jax.random.split(key, x.shape[0])
-        lp = jax.vmap(lambda xi, ki: call_with_key(model.log_prob, xi, key=ki))(x, keys)
-        w = mask.astype(lp.dtype)
-        return jnp.sum(jnp.where(mask, lp, 0.0)), jnp.sum(w)
-
-    return jax.jit(fn, in_shardings=(replicated, batch, batch, replicated), out_shardings=replicated)
-
-
 def global_batch(mesh, local: np.ndarray, dtype=None):
     """This process's rows -> one global array split over the "data" axis
     (float data cast to `dtype`, the model's, e.g. float64 under x64)."""
     if dtype is not None and np.issubdtype(local.dtype, np.floating):
         local = local.astype(dtype, copy=False)
     return jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local)
-
-
-def evaluate(eval_step, params, pipe, mesh, *, key, num_dims, images, max_examples=None, dtype=None):
-    """Exact mean NLL over a split in nats, and bits/dim for 8-bit images.
-
-    For 8-bit images the NLL is the standard one of the papers (e.g. ~950
-    nats for an FC flow on MNIST): -log P of the discrete pixels, i.e. the
-    density of the data scaled to [0, 1) plus D log 256, so nll = bpd * D log 2."""
-    total, count = 0.0, 0.0
-    for i, b in enumerate(pipe):
-        x, mask = b["x"], b["mask"]
-        if max_examples is not None:
-            seen = i * pipe.batch_size
-            mask = mask & (np.arange(len(mask)) + seen < max_examples)
-        s, c = eval_step(params, global_batch(mesh, x, dtype), global_batch(mesh, mask), jax.random.fold_in(key, i))
-        total, count = total + float(s), count + float(c)
-        if max_examples is not None and (i + 1) * pipe.batch_size >= max_examples:
-            break
-    log_p = total / max(count, 1.0)
-    nll = -log_p + (num_dims * math.log(256.0) if images else 0.0)
-    out = {"nll": nll, "nats_per_dim": nll / num_dims, "examples": int(count)}
-    if images:
-        out["bpd"] = float(bits_per_dim(jnp.asarray(log_p), num_dims))
-    return out
 
 
 class _Log:
