@@ -32,7 +32,8 @@ def main(argv=None) -> int:
     p.add_argument("--step", type=int, default=None, help="the run's step (default: best validation)")
     p.add_argument("--paper-nll", type=float, default=None)
     p.add_argument("--paper-source", default=None)
-    p.add_argument("--temperature", type=float, default=None, help="recommended sampling temperature")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="recommended sampling temperature, stored in the archive (default: the run's)")
     p.add_argument("--num-importance", type=int, default=None)
     p.add_argument("--wall-time-s", type=float, default=None, help="with --archive: training seconds, if known")
     p.add_argument("--machine", default=None, help="with --archive: the machine it was trained on, if known")
@@ -44,11 +45,12 @@ def main(argv=None) -> int:
     from zoo.pretrained import publish, write_card
 
     paper = None if a.paper_nll is None else {"nll": a.paper_nll, "source": a.paper_source}
-    fields = dict(command=a.command, paper=paper, sample_temperature=a.temperature, data_dir=a.data_dir,
-                  num_importance=a.num_importance, notes=a.notes)
+    fields = dict(command=a.command, paper=paper, data_dir=a.data_dir, num_importance=a.num_importance, notes=a.notes)
     if a.run:
-        card = publish(a.run, a.name, out_dir=a.out_dir, step=a.step, **fields)
+        card = publish(a.run, a.name, out_dir=a.out_dir, step=a.step, sample_temperature=a.temperature, **fields)
     else:
+        if a.temperature is not None:
+            p.error("--temperature is stored in the archive a run is published to; an existing archive keeps its own")
         card = write_card(a.archive, a.name, wall_time_s=a.wall_time_s, machine_name=a.machine, **fields)
     print(json.dumps({k: card[k] for k in ("name", "steps", "epochs", "wall_time_s", "metrics", "sha256")}, indent=1))
     return 0

@@ -82,7 +82,7 @@ def third_party(tmp_path, monkeypatch):
     write_archive(folder, pkg / "realnvp.toy.tar.gz")
     monkeypatch.syspath_prepend(str(site))
     registry.refresh()
-    write_card(pkg / "realnvp.toy.tar.gz", "realnvp.toy", command="(untrained)", wall_time_s=0.0)
+    write_card(pkg / "realnvp.toy.tar.gz", "realnvp.toy", command="(untrained)", wall_time_s=0.0, machine_name=None)
     yield model, pkg
     sys.modules.pop("toy_zoo_models", None)
     monkeypatch.undo()

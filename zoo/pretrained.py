@@ -132,9 +132,11 @@ def write_archive(folder, archive) -> str:
     return hashlib.sha256(archive.read_bytes()).hexdigest()
 
 
-def publish(run, name: str, *, out_dir, command: str, step=None, **card_fields) -> dict:
+def publish(run, name: str, *, out_dir, command: str, step=None, sample_temperature=None, **card_fields) -> dict:
     """Archive a run's best-validation checkpoint (or `step`) as pretrained
-    entry `name` in `out_dir/<name>.tar.gz`, then `write_card` for it."""
+    entry `name` in `out_dir/<name>.tar.gz`, then `write_card` for it.
+    `sample_temperature` (default: the run's) is stored in the archive too,
+    so `zoo.sample` defaults to the card's temperature."""
     import tempfile
 
     from zoo.checkpoint import config_from_json, load_with_meta, save_pretrained
@@ -143,6 +145,8 @@ def publish(run, name: str, *, out_dir, command: str, step=None, **card_fields) 
     model, meta = load_with_meta(run / "checkpoints", step=step)
     cfg = config_from_json(meta["model"], meta["model_cfg"])
     keep = {k: meta[k] for k in ("data", "train", "step", "seed", "metrics", "best_validation_nll") if k in meta}
+    if sample_temperature is not None:
+        keep["sample_temperature"] = float(sample_temperature)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     archive = out_dir / f"{name}.tar.gz"
@@ -150,13 +154,15 @@ def publish(run, name: str, *, out_dir, command: str, step=None, **card_fields) 
         folder = save_pretrained(model, Path(d) / name, config=cfg, input_shape=meta["input_shape"],
                                  name=meta["model"], extra=keep)
         write_archive(folder, archive)
-    return write_card(archive, name, command=command, wall_time_s=round(run_wall_time(run), 1), **card_fields)
+    return write_card(archive, name, command=command, wall_time_s=round(run_wall_time(run), 1), machine_name=machine(),
+                      **card_fields)
 
 
-def write_card(archive, name: str, *, command: str, wall_time_s, paper=None, sample_temperature=None,
-               data_dir=None, num_importance=None, notes: str = "", machine_name: str | None = None) -> dict:
+def write_card(archive, name: str, *, command: str, wall_time_s, paper=None, data_dir=None, num_importance=None,
+               notes: str = "", machine_name: str | None) -> dict:
     """Load `archive` as users will (sha256-verified), evaluate it on the full
-    test split with `zoo.evaluate`'s function, and write `<name>.json` beside it."""
+    test split with `zoo.evaluate`'s function, and write `<name>.json` beside
+    it; its sampling temperature is the archive's (what `zoo.sample` uses)."""
     import hashlib
     import math
 
@@ -178,12 +184,12 @@ def write_card(archive, name: str, *, command: str, wall_time_s, paper=None, sam
                                   progress=True)
     train = meta["train"]
     n_train = len(zoo.load_dataset(meta["data"], split="train", data_dir=data_dir))
-    temp = sample_temperature if sample_temperature is not None else train.get("sample_temperature", 1.0)
+    from zoo.sample import checkpoint_temperature
     card = {
         "name": name, "model": meta["model"], "model_cfg": meta["model_cfg"], "input_shape": meta["input_shape"],
         "data": meta["data"], "split": "test", "command": command, "steps": meta["step"],
         "epochs": round(meta["step"] / (n_train // train["batch_size"]), 2), "wall_time_s": wall_time_s,
-        "machine": machine_name or machine(), "metrics": metrics, "paper": paper, "sample_temperature": temp,
+        "machine": machine_name, "metrics": metrics, "paper": paper, "sample_temperature": checkpoint_temperature(meta),
         "data_licence": zoo.get_dataset(meta["data"]).licence, "archive": archive.name, "sha256": sha,
         "parameters": sum(int(math.prod(a.shape)) for a in params),
         "best_validation_nll": meta.get("best_validation_nll"), "notes": notes,
