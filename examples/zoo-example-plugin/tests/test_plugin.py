@@ -1,8 +1,9 @@
 """The plugin's own tests: zoo's conformance kit checks the math, and the
 registry checks that the installed entry points are found.
 
-Run after `pip install -e .` (entry points exist only once installed):
-    python -m pytest
+Run after `uv pip install -e .` into zoo's environment (entry points exist
+only once installed):
+    ../../.venv/bin/python -m pytest
 """
 
 import jax
