@@ -16,16 +16,20 @@ or 1 for a failure (`Failure` and its subclasses such as `CheckpointError`
 and `TrainingDiverged`, `zoo.data.MissingDatasetError`, any `OSError`: a
 missing file, a full disk, a refused URL). Anything else is a bug and is
 reported as one line naming the exception. `ZOO_DEBUG=1` also prints the
-traceback; Ctrl-C exits 130 with one line. Write messages as "what is
-wrong; what to do"; an `OSError` without that gets a hint from its errno.
-`main` returns whatever the wrapped function returns (an exit status or None).
+traceback (and the library logs `cli` otherwise drops); Ctrl-C exits 130
+with one line. Write messages as "what is wrong; what to do"; an `OSError`
+without that gets a hint from its errno. `main` returns whatever the
+wrapped function returns (an exit status or None). Warnings print as
+`zoo.evaluate: warning: <message>`.
 """
 
 import errno
 import functools
+import logging
 import os
 import sys
 import traceback
+import warnings
 
 __all__ = ["UsageError", "Failure", "cli", "report", "exit_code", "message"]
 
@@ -47,6 +51,7 @@ _OS_HINTS = {
     errno.ENOTDIR: "a path component is a file, not a folder; choose another path",
     errno.EEXIST: "choose another path or remove what is there",
     errno.EISDIR: "pass a file, not a folder",
+    errno.EFBIG: "a file-size limit was reached; raise it (ulimit -f) or write somewhere else",
     errno.ENOENT: "check the path",
 }
 
@@ -74,29 +79,68 @@ def message(e: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _debug() -> bool:
+    return os.environ.get("ZOO_DEBUG", "") not in ("", "0")
+
+
 def report(tool: str, e: BaseException) -> int:
     """Print `e` as the tool's error line (and the traceback under ZOO_DEBUG=1); the exit status."""
-    if os.environ.get("ZOO_DEBUG", "") not in ("", "0"):
+    if _debug():
         traceback.print_exception(e)
     print(f"{tool}: error: {message(e)}", file=sys.stderr, flush=True)
     return exit_code(e) or 1
 
 
+# After a failed write orbax logs tracebacks hundreds of lines long (absl),
+# and its orphaned async tasks report "Event loop is closed" (asyncio's log,
+# unraisable exceptions), some as the process exits: the one line says it.
+_NOISY_LOGGERS = ("absl", "asyncio")
+
+
+def _quiet(tool: str) -> tuple:
+    saved = ([(lg, lg.level) for lg in map(logging.getLogger, _NOISY_LOGGERS)], sys.unraisablehook,
+             warnings.formatwarning)
+    for logger, _ in saved[0]:
+        logger.setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda unraisable: None
+    warnings.formatwarning = lambda message, *args, **kwargs: f"{tool}: warning: {message}\n"
+    return saved
+
+
+def _restore(saved: tuple, failed: bool):
+    loggers, hook, formatwarning = saved
+    if failed and hook is sys.__unraisablehook__:  # a plain CLI process: quiet until it exits
+        return
+    for logger, level in loggers:
+        logger.setLevel(level)
+    sys.unraisablehook, warnings.formatwarning = hook, formatwarning
+
+
 def cli(tool: str):
     """Decorate a CLI's `main(argv=None)`: expected failures become one
     line and an exit status (see the module docstring). SystemExit passes
-    through (argparse and tyro already print their own usage errors)."""
+    through (argparse and tyro already print their own usage errors).
+    While it runs, warnings print as `TOOL: warning: <message>` and library
+    noise is dropped: absl's and asyncio's log records below CRITICAL and
+    unraisable exceptions (ZOO_DEBUG=1 leaves all three alone)."""
 
     def wrap(main):
         @functools.wraps(main)
         def run(*args, **kwargs):
+            saved = None if _debug() else _quiet(tool)
+            failed = True
             try:
-                return main(*args, **kwargs)
+                result = main(*args, **kwargs)
+                failed = False
+                return result
             except KeyboardInterrupt:
                 print(f"{tool}: interrupted", file=sys.stderr, flush=True)
                 raise SystemExit(130) from None
             except Exception as e:
                 raise SystemExit(report(tool, e)) from None
+            finally:
+                if saved is not None:
+                    _restore(saved, failed)
 
         return run
 
