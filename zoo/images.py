@@ -36,6 +36,8 @@ def save_points(points: np.ndarray, path, *, bins: int = 200, bounds=None) -> Pa
     """A 2-D histogram of (N, 2) points as a grayscale PNG (dark = dense)."""
     points = np.asarray(points, dtype=np.float64).reshape(len(points), -1)[:, :2]
     points = points[np.all(np.isfinite(points), axis=1)]
+    if bounds is None and not len(points):  # nothing finite to show: a blank image, not an IndexError
+        bounds = [(-1.0, 1.0), (-1.0, 1.0)]
     if bounds is None:
         lo, hi = np.percentile(points, 0.5, axis=0), np.percentile(points, 99.5, axis=0)
         pad = 0.1 * (hi - lo)

@@ -8,9 +8,14 @@ several hosts after `jax.distributed.initialize()`.
 """
 
 import dataclasses
+import fcntl
 import inspect
+import itertools
 import json
 import math
+import os
+import socket
+import sys
 import time
 import typing
 from pathlib import Path
@@ -24,7 +29,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import zoo
-from zoo._cli import Failure
+from zoo._cli import Failure, UsageError, message
 from zoo.evaluate import evaluate, make_eval_step
 from zoo.flow import bits_per_dim
 from zoo.train.config import TrainConfig
@@ -98,6 +103,10 @@ def _takes(fn, name: str) -> bool:
         return False
 
 
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
+
+
 _COND_MIN_SIZE = 2**19  # elements of the largest parameter array (measured crossover, see train_step)
 
 
@@ -121,8 +130,9 @@ def make_train_step(static, optimizer, mesh):
 
     def train_step(params, opt_state, x, mask, key, step):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, mask, key, step)
-        # A step whose loss or gradient norm is NaN/inf is skipped whole (update,
-        # after_update and after_step) and counted; the loop stops after
+        # A step whose loss, gradient norm or new parameters (after the hooks: a
+        # finite gradient times a huge --lr overflows) are NaN/inf is skipped
+        # whole (update, after_update and after_step) and counted; the loop stops after
         # --max-nonfinite in a row. How to skip is chosen by size (same result):
         # with large arrays (FC at D = 784: 8.4 vs 12.7 ms per step; D = 4064:
         # 157 vs ~270 ms) a select between old and new state costs more than the
@@ -141,11 +151,19 @@ def make_train_step(static, optimizer, mesh):
                 model = model.after_step(aux, step=step)
             return eqx.filter(model, eqx.is_inexact_array), inner
 
+        def update_if_finite(operand):  # the cond path: a second cond keeps the old state
+            new = update(operand)
+            ok = _all_finite(new[0])
+            return jax.lax.cond(ok, lambda: (new, ok), lambda: (operand, ok))
+
         operand = (params, opt_state.inner)
         if max((a.size for a in jax.tree.leaves(params)), default=0) >= _COND_MIN_SIZE:
-            params, inner = jax.lax.cond(finite, update, lambda operand: operand, operand)
+            (params, inner), finite = jax.lax.cond(
+                finite, update_if_finite, lambda operand: (operand, jnp.asarray(False)), operand)
         else:
-            params, inner = jax.tree.map(lambda new, old: jnp.where(finite, new, old), update(operand), operand)
+            new = update(operand)
+            finite = finite & _all_finite(new[0])
+            params, inner = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, operand)
         count = jnp.where(finite, 0, opt_state.nonfinite_count + 1)
         metrics = {"loss": loss, "grad_norm": jnp.sqrt(grad_sq), "nonfinite": count, **aux}
         return params, OptState(inner, count), metrics
@@ -184,27 +202,164 @@ class _Log:
     def close(self):
         if self.file is not None:
             self.file.close()
+            self.file = None
 
 
 def _fmt(metrics: dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
 
-def _run_dir(cfg: TrainConfig, name: str) -> Path:
-    """OUT_DIR/NAME; a fresh run never overwrites one that has checkpoints
-    (it gets NAME-2, NAME-3, ...); --resume continues it."""
+def _check_args(cfg: TrainConfig):
+    """Settings wrong whatever the data: refused before anything is loaded, built or written."""
+    at_least_1 = {"--batch-size": cfg.batch_size, "--eval-batch-size": cfg.eval_batch_size,
+                  "--log-interval": cfg.log_interval, "--keep-checkpoints": cfg.keep_checkpoints,
+                  "--max-nonfinite": cfg.max_nonfinite, "--num-samples": cfg.num_samples,
+                  "--max-eval-ex": cfg.max_eval_ex if cfg.max_eval_ex is not None else 1}
+    at_least_0 = {"--steps": cfg.steps, "--eval-every": cfg.eval_every, "--checkpoint-every": cfg.checkpoint_every,
+                  "--sample-every": cfg.sample_every, "--warmup-steps": cfg.warmup_steps}
+    for flag, v in at_least_1.items():
+        if v < 1:
+            raise UsageError(f"{flag} must be at least 1, got {v}; pass a positive number")
+    for flag, v in at_least_0.items():
+        if v < 0:
+            raise UsageError(f"{flag} must not be negative, got {v}; pass 0 or more")
+    positive = {"--lr": cfg.lr, "--epochs": cfg.epochs, "--eval-epochs": cfg.eval_epochs,
+                "--sample-epochs": cfg.sample_epochs, "--grad-clip-norm": cfg.grad_clip_norm,
+                "--sample-temperature": cfg.sample_temperature}
+    for flag, v in positive.items():
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise UsageError(f"{flag} must be a finite positive number, got {v}")
+    for flag, v in {"--warmup-epochs": cfg.warmup_epochs, "--momentum": cfg.momentum}.items():
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            raise UsageError(f"{flag} must be a finite number >= 0, got {v}")
+    if not 0 <= cfg.seed < 2**32:
+        raise UsageError(f"--seed must be in [0, 2**32), got {cfg.seed}")
+    if cfg.name is not None and (cfg.name in ("", ".", "..") or "/" in cfg.name or os.sep in cfg.name):
+        raise UsageError(f"--name {cfg.name!r} must be a plain folder name; put the parent folder in --out-dir")
+    out = Path(cfg.out_dir).expanduser().absolute()
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"--out-dir {cfg.out_dir}: {existing} is a file, not a folder; pass a folder")
+
+
+class _RunLock:
+    """An exclusive lock on RUN_DIR/run.lock, held for the run's life. It is
+    an flock, so the kernel drops it when the process dies however it dies;
+    the file names the holder (pid, host) and is emptied on release, so one
+    found non-empty was left by a process that did not finish: reported."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "run.lock"
+        self.file = open(self.path, "a+")
+
+    @classmethod
+    def take(cls, run_dir: Path) -> "_RunLock | None":
+        """The lock, or None when another live process holds it."""
+        lock = cls(run_dir)
+        try:
+            fcntl.flock(lock.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held; any other error (no locks on this file system) is raised
+            lock.file.close()
+            return None
+        except BaseException:
+            lock.file.close()
+            raise
+        lock.file.seek(0)
+        stale = lock.file.read().strip()
+        if stale:
+            print(f"zoo.train: warning: {run_dir} was left locked by {stale}, which ended without finishing "
+                  "(killed?); taking it over", file=sys.stderr)
+        lock.file.truncate(0)
+        lock.file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.file.flush()
+        return lock
+
+    @staticmethod
+    def holder(run_dir: Path) -> str:
+        try:
+            return (run_dir / "run.lock").read_text().strip() or "another process"
+        except OSError:
+            return "another process"
+
+    def release(self):
+        if not self.file.closed:
+            self.file.truncate(0)
+            self.file.close()  # closing drops the flock
+
+
+def _stored_run_config(run_dir: Path, steps: list[int]) -> dict | None:
+    """The run's config.json, else the newest step's metadata that reads."""
+    from zoo.checkpoint import CheckpointError, read_meta
+
+    try:
+        return json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        pass
+    for s in sorted(steps, reverse=True):
+        try:
+            return read_meta(run_dir / "checkpoints" / str(s))
+        except CheckpointError:
+            continue
+    return None
+
+
+def _settings_differ(stored: dict, run_config: dict) -> list[str]:
+    diff = [f"--{k} {stored.get(k)} (asked: {run_config[k]})" for k in ("model", "data") if stored.get(k) != run_config[k]]
+    if not diff:
+        old, new = stored.get("model_cfg") or {}, run_config["model_cfg"]
+        diff = [f"--model-cfg.{k.replace('_', '-')} {old.get(k)} (asked: {new.get(k)})"
+                for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    return diff
+
+
+def _check_resumable(run_dir: Path, run_config: dict):
+    """--resume: the run has a step and was trained with these settings (checked before anything is built)."""
+    ckpts = run_dir / "checkpoints"
+    steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit() and p.is_dir()]
+    if not steps:
+        raise UsageError(f"--resume: {ckpts} holds no checkpoint yet; drop --resume to start the run afresh")
+    stored = _stored_run_config(run_dir, steps)
+    diff = _settings_differ(stored, run_config) if stored is not None else []
+    if diff:
+        raise UsageError(f"--resume: {run_dir} holds a run of {stored.get('model')} on {stored.get('data')} with other "
+                         f"settings ({', '.join(diff[:4])}); resume with the same --model/--data/--model-cfg flags "
+                         "or pick another --name")
+
+
+def _claim_run_dir(cfg: TrainConfig, name: str, run_config: dict) -> tuple[Path, "_RunLock | None"]:
+    """OUT_DIR/NAME, locked. A fresh run never shares a directory that has
+    checkpoints or that another run holds: it gets NAME-2, NAME-3, ...;
+    --resume continues NAME, refused while another process holds it."""
     base = Path(cfg.out_dir) / name
-    if jax.process_count() > 1:  # processes must agree on one directory: no renaming
-        return base
-    if cfg.resume:
-        if not (base / "checkpoints").is_dir():
-            raise FileNotFoundError(f"--resume: no checkpoints in {base}/checkpoints to resume from")
-        return base
-    run_dir, i = base, 1
-    while (run_dir / "checkpoints").is_dir():
-        i += 1
-        run_dir = base.with_name(f"{name}-{i}")
-    return run_dir
+    if cfg.resume and not (base / "checkpoints").is_dir():
+        raise UsageError(f"--resume: no run to resume in {base} (no checkpoints/ folder); check --out-dir and "
+                         "--name, or drop --resume to start a run")
+    if jax.process_count() > 1 or cfg.resume:  # processes agree on one directory: no renaming; process 0 locks
+        base.mkdir(parents=True, exist_ok=True)
+        lock = _RunLock.take(base) if jax.process_index() == 0 else None
+        if lock is None and jax.process_index() == 0:
+            raise Failure(f"{'--resume: ' if cfg.resume else ''}{base} is in use by {_RunLock.holder(base)}; wait "
+                          "for it to finish or pick another --name")
+        try:
+            if cfg.resume:
+                _check_resumable(base, run_config)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return base, lock
+    for i in itertools.count(1):
+        run_dir = base if i == 1 else base.with_name(f"{name}-{i}")
+        if (run_dir / "checkpoints").is_dir():
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = _RunLock.take(run_dir)
+        if lock is None:  # another run is starting here
+            continue
+        if (run_dir / "checkpoints").is_dir():  # ... or finished between the check and the lock
+            lock.release()
+            continue
+        return run_dir, lock
 
 
 class _Wandb:
@@ -233,6 +388,7 @@ class _Wandb:
     def finish(self):
         if self.run is not None:
             self.run.finish()
+            self.run = None
 
 
 def _scalars(metrics: dict) -> dict:
@@ -246,218 +402,323 @@ def _scalars(metrics: dict) -> dict:
 
 def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
     """Train `model_cfg` (the config of registered model `model`) on dataset
-    `data`; returns the final metrics and the paths written."""
-    from tqdm.auto import tqdm
+    `data`; returns the final metrics and the paths written.
 
+    The run's life, one phase each: `_Run(...)` checks the arguments and
+    loads the data, then claims the run directory (nothing is written
+    before); `restore_or_init` builds the model (from a checkpoint with
+    --resume); `loop` trains; `finish` evaluates, saves and reports. On any
+    failure `_Run.explain` is the one place an error becomes the message
+    the user reads, and `close` waits for the last good checkpoint."""
     if cfg.distributed:
         initialize_distributed(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+    run = _Run(model, model_cfg, data, cfg)
+    try:
+        run.restore_or_init()
+        run.loop()
+        return run.finish()
+    except Exception as e:
+        explained = run.explain(e)
+        if explained is None:
+            raise
+        raise explained from e
+    finally:
+        run.close()
 
-    from zoo.checkpoint import Checkpoints, config_to_json
-    from zoo.data import pipeline
 
-    source = zoo.get_dataset(data)
-    images = source.dtype == "uint8" and len(source.shape) == 3
-    # bits/dim is the 8-bit convention; binary data (Bernoulli models) is reported in nats only
-    eight_bit = images and not source.binary and source.binarize is None
-    input_shape = tuple(source.shape)
-    num_dims = math.prod(input_shape)
-    mesh = make_mesh()
-    n_dev = mesh.devices.size
-    if cfg.batch_size % n_dev:
-        raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {n_dev} devices")
-    eval_bs = max(n_dev, cfg.eval_batch_size // n_dev * n_dev)
+class _Run:
+    """One training run; see `train` for the order of its phases."""
 
-    train_pipe = pipeline(data, split="train", batch_size=cfg.batch_size, seed=cfg.seed, data_dir=cfg.data_dir, flip=cfg.flip)
+    def __init__(self, model: str, model_cfg, data: str, cfg: TrainConfig):
+        from zoo.checkpoint import Checkpoints, config_to_json
 
-    def eval_pipe(split):
-        return pipeline(data, split=split, batch_size=eval_bs, seed=cfg.seed, data_dir=cfg.data_dir, shuffle=False, drop_remainder=False)
+        _check_args(cfg)
+        self.model, self.model_cfg, self.data, self.cfg = model, model_cfg, data, cfg
+        self.lock = self.ckpt = self.log = self.wb = self.bar = None
+        self.history: dict = {}
+        self.source = source = zoo.get_dataset(data)
+        self.images = source.dtype == "uint8" and len(source.shape) == 3
+        # bits/dim is the 8-bit convention; binary data (Bernoulli models) is reported in nats only
+        self.eight_bit = self.images and not source.binary and source.binarize is None
+        self.input_shape = tuple(source.shape)
+        self.num_dims = math.prod(self.input_shape)
+        self.mesh = make_mesh()
+        n_dev = self.mesh.devices.size
+        if cfg.batch_size % n_dev:
+            raise UsageError(f"--batch-size {cfg.batch_size} must be divisible by the {n_dev} devices; "
+                             f"pass a multiple of {n_dev}")
+        if cfg.flip and not self.images:
+            raise UsageError(f"--flip mirrors images; {data} holds vectors: drop --flip")
+        self._load_data(n_dev)
+        self.run_config = {"model": model, "data": data, "model_cfg": config_to_json(model_cfg),
+                           "input_shape": list(self.input_shape), "train": dataclasses.asdict(cfg)}
+        # Nothing is written before this line.
+        self.run_dir, self.lock = _claim_run_dir(cfg, cfg.name or f"{model}-{data}", self.run_config)
+        try:
+            (self.run_dir / "config.json").write_text(json.dumps(self.run_config, indent=2))
+            self.ckpt = Checkpoints(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
+        except BaseException:
+            self.close()
+            raise
 
-    splits = [s for s in ("validation", "test") if s in source.splits]
-    eval_pipes = {s: eval_pipe(s) for s in splits + (["train"] if cfg.eval_train else [])}
-    steps_per_epoch = train_pipe.steps_per_epoch
-    total_steps = cfg.steps if cfg.epochs is None else int(round(cfg.epochs * steps_per_epoch))
-    eval_every = cfg.eval_every if cfg.eval_epochs is None else max(1, int(round(cfg.eval_epochs * steps_per_epoch)))
-    save_every = cfg.checkpoint_every or eval_every
-    sample_every = cfg.sample_every if cfg.sample_epochs is None else max(1, int(round(cfg.sample_epochs * steps_per_epoch)))
+    def _load_data(self, n_dev: int):
+        from zoo.data import load_dataset, pipeline
 
-    name = cfg.name or f"{model}-{data}"
-    run_dir = _run_dir(cfg, name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run_config = {"model": model, "data": data, "model_cfg": config_to_json(model_cfg),
-                  "input_shape": list(input_shape), "train": dataclasses.asdict(cfg)}
-    (run_dir / "config.json").write_text(json.dumps(run_config, indent=2))
+        cfg, data = self.cfg, self.data
+        try:
+            self.train_pipe = pipeline(data, split="train", batch_size=cfg.batch_size, seed=cfg.seed,
+                                       data_dir=cfg.data_dir, flip=cfg.flip)
+        except ValueError as e:
+            n = len(load_dataset(data, split="train", data_dir=cfg.data_dir))
+            if cfg.batch_size > n // jax.process_count():
+                raise UsageError(f"--batch-size {cfg.batch_size} is larger than {data}'s train split "
+                                 f"({n} examples); pass --batch-size {n} or less") from None
+            raise UsageError(f"{data}: {e}") from None
+        eval_bs = max(n_dev, cfg.eval_batch_size // n_dev * n_dev)
 
-    key = jax.random.key(cfg.seed)
-    k_model, k_train, k_eval, k_sample = jax.random.split(key, 4)
-    net = model_cfg.build(input_shape=input_shape, key=k_model)
-    dtype = jax.tree.leaves(eqx.filter(net, eqx.is_inexact_array))[0].dtype  # data is fed in this dtype
-    replicated = NamedSharding(mesh, P())
-    optimizer = make_optimizer(cfg, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-    ckpt = Checkpoints(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
+        def eval_pipe(split):
+            return pipeline(data, split=split, batch_size=eval_bs, seed=cfg.seed, data_dir=cfg.data_dir,
+                            shuffle=False, drop_remainder=False)
 
-    start, best, data_state, opt_state = 0, math.inf, None, None
-    if cfg.resume:
+        splits = [s for s in ("validation", "test") if s in self.source.splits]
+        self.eval_pipes = {s: eval_pipe(s) for s in splits + (["train"] if cfg.eval_train else [])}
+        per_epoch = self.steps_per_epoch = self.train_pipe.steps_per_epoch
+
+        def every(steps, epochs):
+            return steps if epochs is None else max(1, int(round(epochs * per_epoch)))
+
+        self.total_steps = cfg.steps if cfg.epochs is None else int(round(cfg.epochs * per_epoch))
+        self.eval_every = every(cfg.eval_every, cfg.eval_epochs)
+        self.save_every = cfg.checkpoint_every or self.eval_every
+        self.sample_every = every(cfg.sample_every, cfg.sample_epochs)
+
+    # ---------------------------------------------------------------- restore or fresh init
+
+    def restore_or_init(self):
+        cfg = self.cfg
+        k_model, self.k_train, self.k_eval, self.k_sample = jax.random.split(jax.random.key(cfg.seed), 4)
+        net = self.model_cfg.build(input_shape=self.input_shape, key=k_model)
+        self.dtype = jax.tree.leaves(eqx.filter(net, eqx.is_inexact_array))[0].dtype  # data is fed in this dtype
+        replicated = NamedSharding(self.mesh, P())
+        optimizer = make_optimizer(cfg, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
+        self.start, self.best, data_state, opt_state = 0, math.inf, None, None
+        if cfg.resume:
+            net, opt_state, data_state = self._restore(net, optimizer, replicated)
+        else:
+            # Data-dependent init (ActNorm) once, jitted, on the global batch: its
+            # statistics are global across devices.
+            first = next(iter(self.train_pipe))
+            net = eqx.filter_jit(zoo.data_init)(net, global_batch(self.mesh, first["x"], self.dtype))
+        params, self.static = eqx.partition(net, eqx.is_inexact_array)
+        self.params = jax.device_put(params, replicated)
+        self.opt_state = jax.device_put(init_opt_state(optimizer, params) if opt_state is None else opt_state,
+                                        replicated)
+        self.it = self.train_pipe.iterator(data_state)  # from the first batch again, or where the checkpoint left off
+        self.step_fn = make_train_step(self.static, optimizer, self.mesh)
+        self.eval_fn = make_eval_step(self.static, self.mesh)
+        n_params = sum(a.size for a in jax.tree.leaves(self.params))
+        self.log = _Log(self.run_dir / "metrics.jsonl")
+        self.wb = _Wandb(cfg, self.run_dir, self.run_dir.name, self.run_config)
+        print(
+            f"zoo.train: {self.model} on {self.data} {self.input_shape}; {n_params:,} parameters; "
+            f"{self.total_steps} steps of batch {cfg.batch_size} ({self.steps_per_epoch} steps/epoch) on "
+            f"{self.mesh.devices.size} device(s); run directory {self.run_dir}"
+        )
+
+    def _restore(self, net, optimizer, replicated):
+        """(model, optimizer state, data-iterator state) of the newest good step;
+        newer corrupt steps are moved aside so that they can be saved again."""
         params = eqx.filter(net, eqx.is_inexact_array)
-        restored = ckpt.restore(net, init_opt_state(optimizer, params), sharding=replicated)
+        restored = self.ckpt.restore(net, init_opt_state(optimizer, params), sharding=replicated, move_aside=True)
         if restored is None:
-            raise FileNotFoundError(f"--resume: no checkpoints in {ckpt.directory}")
-        stored = restored.meta
-        if stored.get("model") != model or stored.get("model_cfg") != run_config["model_cfg"] or stored.get("data") != data:
-            raise ValueError(
-                f"--resume: {run_dir} holds a run of {stored.get('model')} on {stored.get('data')} with other "
-                "settings; resume with the same --model/--data/--model-cfg flags or pick another --name"
-            )
-        net, opt_state = restored.model, restored.opt_state
-        start, best, data_state = restored.step, stored.get("best_validation_nll", math.inf), stored["data_state"]
-        print(f"zoo.train: resuming {run_dir} from step {start}")
-    else:
-        # Data-dependent init (ActNorm) once, jitted, on the global batch: its
-        # statistics are global across devices.
-        first = next(iter(train_pipe))
-        net = eqx.filter_jit(zoo.data_init)(net, global_batch(mesh, first["x"], dtype))
-    params, static = eqx.partition(net, eqx.is_inexact_array)
-    params = jax.device_put(params, replicated)
-    opt_state = jax.device_put(init_opt_state(optimizer, params) if opt_state is None else opt_state, replicated)
-    it = train_pipe.iterator(data_state)  # from the first batch again, or where the checkpoint left off
-    step_fn = make_train_step(static, optimizer, mesh)
-    eval_fn = make_eval_step(static, mesh)
-    n_params = sum(a.size for a in jax.tree.leaves(params))
+            raise UsageError(f"--resume: no checkpoints in {self.ckpt.directory}; drop --resume to start afresh")
+        diff = _settings_differ(restored.meta, self.run_config)
+        if diff:  # config.json agreed (checked at set-up) but the step itself does not
+            raise UsageError(f"--resume: step {restored.step} in {self.ckpt.directory} was trained with other "
+                             f"settings ({', '.join(diff[:4])}); pick another --name")
+        self.start, self.best = restored.step, restored.meta.get("best_validation_nll", math.inf)
+        print(f"zoo.train: resuming {self.run_dir} from step {self.start}")
+        return restored.model, restored.opt_state, restored.meta["data_state"]
 
-    log = _Log(run_dir / "metrics.jsonl")
-    wb = _Wandb(cfg, run_dir, run_dir.name, run_config)
-    print(
-        f"zoo.train: {model} on {data} {input_shape}; {n_params:,} parameters; "
-        f"{total_steps} steps of batch {cfg.batch_size} ({steps_per_epoch} steps/epoch) on {n_dev} device(s); "
-        f"run directory {run_dir}"
-    )
+    # ---------------------------------------------------------------- the loop
 
-    def run_eval(step):
+    def run_eval(self, step):
         results = {}
-        for split, pipe in eval_pipes.items():
-            r = evaluate(eval_fn, params, pipe, mesh, key=jax.random.fold_in(k_eval, step), num_dims=num_dims,
-                         images=eight_bit, max_examples=cfg.max_eval_ex, dtype=dtype)
-            log.write(step=step, split=split, **r)
-            wb.log({f"{split}/{k}": v for k, v in r.items()}, step)
+        for split, pipe in self.eval_pipes.items():
+            r = evaluate(self.eval_fn, self.params, pipe, self.mesh, key=jax.random.fold_in(self.k_eval, step),
+                         num_dims=self.num_dims, images=self.eight_bit, max_examples=self.cfg.max_eval_ex,
+                         dtype=self.dtype)
+            self.log.write(step=step, split=split, **r)
+            self.wb.log({f"{split}/{k}": v for k, v in r.items()}, step)
             results[split] = r
         return results
 
-    def save(step, results):
-        nonlocal best
+    def save(self, step, results):
         val = results.get("validation", {}).get("nll") if results else None
         if val is not None:
-            best = min(best, val)
-        meta = {**run_config, "format": "zoo-checkpoint-1", "step": step, "data_state": it.get_state(),
-                "seed": cfg.seed, "metrics": results or {}, "best_validation_nll": best}
-        ckpt.save(step, eqx.combine(params, static), opt_state, json.loads(json.dumps(meta)), validation_nll=val)
+            self.best = min(self.best, val)
+        meta = {**self.run_config, "format": "zoo-checkpoint-1", "step": step, "data_state": self.it.get_state(),
+                "seed": self.cfg.seed, "metrics": results or {}, "best_validation_nll": self.best}
+        self.ckpt.save(step, eqx.combine(self.params, self.static), self.opt_state, json.loads(json.dumps(meta)),
+                       validation_nll=val)
 
-    def write_samples(path, model_now, step):
+    def write_samples(self, path, model_now, step):
         """A PNG of samples (image grid, or a 2-D histogram for vectors), also to wandb."""
+        from tqdm.auto import tqdm
+
         from zoo.images import save_grid, save_points
         from zoo.sample import sample as draw, sample_problems
 
-        if jax.process_index() != 0 or not (images or num_dims >= 2):
+        if jax.process_index() != 0 or not (self.images or self.num_dims >= 2):
             return path
-        num = cfg.num_samples if images else 20000
-        xs = draw(model_now, k_sample, num=num, temperature=cfg.sample_temperature, batch=256 if images else 4096)
-        problems = sample_problems(xs, images=images)
+        cfg = self.cfg
+        num = cfg.num_samples if self.images else 20000
+        xs = draw(model_now, self.k_sample, num=num, temperature=cfg.sample_temperature,
+                  batch=256 if self.images else 4096)
+        problems = sample_problems(xs, images=self.images)
         if problems:
             tqdm.write(f"zoo.train: warning: {path.name}: {problems}; try a lower --sample-temperature or train longer")
-        save_grid(xs, path) if images else save_points(xs, path)
-        wb.image("samples", path, step)
+        save_grid(xs, path) if self.images else save_points(xs, path)
+        self.wb.image("samples", path, step)
         return path
 
-    history = {}
-    if start == 0:
-        history["first_eval"] = run_eval(0)
-        tqdm.write("step 0: " + "; ".join(f"{s} {_fmt(r)}" for s, r in history["first_eval"].items()))
-    bar = tqdm(total=total_steps, initial=start, disable=not cfg.progress, unit="step", dynamic_ncols=True)
-    t_start = t_last = time.perf_counter()
-    times: list[float] = []
-    pending = None  # the previous step's metrics: read one step late so dispatch runs ahead
-    last_metrics: dict = {}
-    results: dict = {}
-
-    def check(metrics, step):
+    def check(self, metrics, step):
         nonfinite = int(metrics["nonfinite"])
-        if nonfinite >= cfg.max_nonfinite:
+        if nonfinite >= self.cfg.max_nonfinite:
             raise TrainingDiverged(
-                f"stopped at step {step}: {nonfinite} consecutive steps had NaN/inf gradients (updates skipped, "
-                "no checkpoint written from them). Lower --lr, set --grad-clip-norm, or check the data."
+                f"stopped at step {step}: {nonfinite} consecutive steps had a NaN/inf loss, gradient or updated "
+                "parameters (updates skipped, no checkpoint written from them); lower --lr, set --grad-clip-norm, "
+                "or check the data"
             )
         return nonfinite
 
-    try:
-        for step in range(start + 1, total_steps + 1):
-            b = next(it)
+    def loop(self):
+        """Steps start+1 .. total: train, log, and evaluate, sample and checkpoint on schedule."""
+        from tqdm.auto import tqdm
+
+        cfg, total_steps, mesh = self.cfg, self.total_steps, self.mesh
+        if self.start == 0:
+            self.history["first_eval"] = self.run_eval(0)
+            tqdm.write("step 0: " + "; ".join(f"{s} {_fmt(r)}" for s, r in self.history["first_eval"].items()))
+        self.bar = tqdm(total=total_steps, initial=self.start, disable=not cfg.progress, unit="step",
+                        dynamic_ncols=True)
+        self.t_start = t_last = time.perf_counter()
+        times: list[float] = []
+        pending = None  # the previous step's metrics: read one step late so dispatch runs ahead
+        for step in range(self.start + 1, total_steps + 1):
+            b = next(self.it)
             t0 = time.perf_counter()
-            params, opt_state, metrics = step_fn(
-                params, opt_state, global_batch(mesh, b["x"], dtype), global_batch(mesh, b["mask"]),
-                jax.random.fold_in(k_train, step), jnp.asarray(step, jnp.int32),
+            self.params, self.opt_state, metrics = self.step_fn(
+                self.params, self.opt_state, global_batch(mesh, b["x"], self.dtype), global_batch(mesh, b["mask"]),
+                jax.random.fold_in(self.k_train, step), jnp.asarray(step, jnp.int32),
             )
             if cfg.log_timing:
                 jax.block_until_ready(metrics)
-                if step > start + 1:  # the first step includes compilation
+                if step > self.start + 1:  # the first step includes compilation
                     times.append(time.perf_counter() - t0)
             if pending is not None:
-                check(pending, step - 1)
+                self.check(pending, step - 1)
             pending = metrics
-            bar.update(1)
+            self.bar.update(1)
             if step % cfg.log_interval == 0 or step == total_steps:
-                last_metrics = _scalars(metrics)
-                check(last_metrics, step)
-                now = time.perf_counter()
-                rate = cfg.log_interval / max(now - t_last, 1e-9)
-                t_last = now
-                shown = {"loss": last_metrics["loss"]}
-                if eight_bit and math.isfinite(last_metrics["loss"]):
-                    shown["bpd"] = float(bits_per_dim(jnp.asarray(-last_metrics["loss"]), num_dims))
-                if times:
-                    last_metrics["sec_per_batch"] = float(np.mean(times))
-                    last_metrics["sec_per_batch_std"] = float(np.std(times))
-                    last_metrics["sec_per_example"] = float(np.mean(times)) / cfg.batch_size
-                    times.clear()
-                bar.set_postfix(**{k: f"{v:.4g}" for k, v in shown.items()}, steps_s=f"{rate:.1f}")
-                log.write(step=step, split="train_batch", epoch=int(b["epoch"]), steps_per_sec=rate, **last_metrics)
-                wb.log({f"train/{k}": v for k, v in last_metrics.items()} | {"train/steps_per_sec": rate}, step)
-                if cfg.log_timing and "sec_per_batch" in last_metrics:
-                    tqdm.write(f"step {step}: {last_metrics['sec_per_batch'] * 1e3:.1f} ± "
-                               f"{last_metrics['sec_per_batch_std'] * 1e3:.1f} ms/batch, "
-                               f"{last_metrics['sec_per_example'] * 1e6:.1f} µs/example")
+                t_last = self._log_step(step, b, metrics, times, t_last)
             results = {}
-            if eval_every and step % eval_every == 0 and step != total_steps:
-                results = run_eval(step)
+            if self.eval_every and step % self.eval_every == 0 and step != total_steps:
+                results = self.run_eval(step)
                 tqdm.write(f"step {step}: " + "; ".join(f"{s} {_fmt(v)}" for s, v in results.items()))
-            if sample_every and step % sample_every == 0 and step != total_steps:
-                write_samples(run_dir / f"samples_{step}.png", eqx.combine(params, static), step)
-            if save_every and step % save_every == 0 and step != total_steps:
+            if self.sample_every and step % self.sample_every == 0 and step != total_steps:
+                self.write_samples(self.run_dir / f"samples_{step}.png", eqx.combine(self.params, self.static), step)
+            if self.save_every and step % self.save_every == 0 and step != total_steps:
                 # never checkpoint a state reached through skipped (non-finite) updates
-                if check(metrics, step) == 0:
-                    save(step, results)
+                if self.check(metrics, step) == 0:
+                    self.save(step, results)
         if pending is not None:
-            check(pending, total_steps)
-    except BaseException:
-        ckpt.wait()  # let the last good checkpoint finish writing
-        ckpt.close()
-        log.close()
-        wb.finish()
-        raise
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - t_start
-    history["final_eval"] = final = run_eval(total_steps)
-    print(f"step {total_steps}: " + "; ".join(f"{s} {_fmt(r)}" for s, r in final.items()))
-    if total_steps > start and (pending is None or int(pending["nonfinite"]) == 0):
-        save(total_steps, final)
-    ckpt.wait()
-    ckpt.close()
+            self.check(pending, total_steps)
+        self.pending = pending
+        self.bar.close()
+        self.elapsed = time.perf_counter() - self.t_start
 
-    model_out = eqx.combine(params, static)
-    samples_path = write_samples(run_dir / "samples.png", model_out, total_steps)
-    log.write(step=total_steps, split="summary", seconds=elapsed, best_validation_nll=best)
-    log.close()
-    wb.finish()
-    print(f"zoo.train: {total_steps - start} steps in {elapsed:.1f} s. Wrote {run_dir}/metrics.jsonl, "
-          f"{samples_path}, checkpoints in {ckpt.directory}")
-    print(f"  sample more: python -m zoo.sample --checkpoint {ckpt.directory} --num 64 --out {run_dir}/grid.png")
-    return {"model": model_out, "history": history, "run_dir": run_dir, "samples": samples_path,
-            "checkpoints": ckpt.directory, "params": params}
+    def _log_step(self, step, b, metrics, times, t_last):
+        """The training-loss line (metrics.jsonl, progress bar, wandb); returns the time of this log."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        last_metrics = _scalars(metrics)
+        self.check(last_metrics, step)
+        now = time.perf_counter()
+        rate = cfg.log_interval / max(now - t_last, 1e-9)
+        shown = {"loss": last_metrics["loss"]}
+        if self.eight_bit and math.isfinite(last_metrics["loss"]):
+            shown["bpd"] = float(bits_per_dim(jnp.asarray(-last_metrics["loss"]), self.num_dims))
+        if times:
+            last_metrics["sec_per_batch"] = float(np.mean(times))
+            last_metrics["sec_per_batch_std"] = float(np.std(times))
+            last_metrics["sec_per_example"] = float(np.mean(times)) / cfg.batch_size
+            times.clear()
+        self.bar.set_postfix(**{k: f"{v:.4g}" for k, v in shown.items()}, steps_s=f"{rate:.1f}")
+        self.log.write(step=step, split="train_batch", epoch=int(b["epoch"]), steps_per_sec=rate, **last_metrics)
+        self.wb.log({f"train/{k}": v for k, v in last_metrics.items()} | {"train/steps_per_sec": rate}, step)
+        if cfg.log_timing and "sec_per_batch" in last_metrics:
+            tqdm.write(f"step {step}: {last_metrics['sec_per_batch'] * 1e3:.1f} ± "
+                       f"{last_metrics['sec_per_batch_std'] * 1e3:.1f} ms/batch, "
+                       f"{last_metrics['sec_per_example'] * 1e6:.1f} µs/example")
+        return now
+
+    # ---------------------------------------------------------------- finishing
+
+    def finish(self) -> dict:
+        """Final evaluation and checkpoint (confirmed on disk), samples, summary."""
+        total_steps, run_dir = self.total_steps, self.run_dir
+        self.history["final_eval"] = final = self.run_eval(total_steps)
+        print(f"step {total_steps}: " + "; ".join(f"{s} {_fmt(r)}" for s, r in final.items()))
+        if total_steps > self.start and (self.pending is None or int(self.pending["nonfinite"]) == 0):
+            self.save(total_steps, final)
+        self.ckpt.wait()
+        self.ckpt.close()  # idempotent: close() calls it again
+        model_out = eqx.combine(self.params, self.static)
+        samples_path = self.write_samples(run_dir / "samples.png", model_out, total_steps)
+        self.log.write(step=total_steps, split="summary", seconds=self.elapsed, best_validation_nll=self.best)
+        self.log.close()
+        self.wb.finish()
+        directory = self.ckpt.directory
+        print(f"zoo.train: {total_steps - self.start} steps in {self.elapsed:.1f} s. Wrote {run_dir}/metrics.jsonl, "
+              f"{samples_path}, checkpoints in {directory}")
+        print(f"  sample more: python -m zoo.sample --checkpoint {directory} --num 64 --out {run_dir}/grid.png")
+        return {"model": model_out, "history": self.history, "run_dir": run_dir, "samples": samples_path,
+                "checkpoints": directory, "params": self.params}
+
+    def _settle(self) -> list[int]:
+        """Wait for the last checkpoint; the steps on disk. A save that failed
+        meanwhile is reported here, not raised over the error already on its way."""
+        try:
+            self.ckpt.close()
+        except Exception as e:
+            print(f"zoo.train: warning: {message(e)}", file=sys.stderr)
+        return sorted(int(p.name) for p in self.ckpt.directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+    def explain(self, e: Exception) -> Failure | None:
+        """The one place an error of a started run becomes its message: a
+        failed write (a full disk, ...) says which checkpoints are intact and
+        how to go on. None: `e` says all there is to say."""
+        from zoo.checkpoint import CheckpointWriteError
+
+        write_failed = isinstance(e, CheckpointWriteError) or (isinstance(e, OSError) and e.errno is not None)
+        if self.ckpt is None or not write_failed:
+            return None
+        steps = self._settle()
+        if not steps:
+            return Failure(f"{message(e)}; no checkpoint of this run was written")
+        return Failure(f"{message(e)}; checkpoints {steps} in {self.ckpt.directory} are intact: continue with --resume")
+
+    def close(self):
+        """On any exit: the last checkpoint finishes writing, files close, the lock is released (each once)."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.ckpt is not None:
+            self._settle()
+        if self.log is not None:
+            self.log.close()
+        if self.wb is not None:
+            self.wb.finish()
+        if self.lock is not None:
+            self.lock.release()
