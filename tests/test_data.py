@@ -351,6 +351,23 @@ def test_truncated_or_corrupt_files_give_clear_error(tmp_path, case):
     assert f"python scripts/download_data.py {name} --data-dir {tmp_path}" in msg
 
 
+@pytest.mark.parametrize("cut", ["inside a header", "at a member boundary", "before the end-of-archive block"])
+def test_a_png_tar_cut_short_is_corrupt_not_a_smaller_split(tmp_path, cut):
+    """Python's tarfile stops listing silently at a truncated header after the first one."""
+    (tmp_path / "imagenet32").mkdir()
+    path = tmp_path / "imagenet32" / "valid_32x32.tar"
+    write_png_tar(path, "valid_32x32", images(6))
+    assert len(zoo.load_dataset("imagenet32", split="test", data_dir=tmp_path)) == 6
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+        at = {"inside a header": members[3].offset + 100, "at a member boundary": members[3].offset,
+              "before the end-of-archive block": tar.offset}[cut]
+    path.write_bytes(path.read_bytes()[:at])
+    with pytest.raises(CorruptDatasetError) as info:
+        zoo.load_dataset("imagenet32", split="test", data_dir=tmp_path)
+    assert str(info.value).startswith(f"imagenet32: {path} is truncated or corrupt (")
+
+
 # ------------------------------------------------------------------ CLI
 
 

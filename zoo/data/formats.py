@@ -202,9 +202,22 @@ def read_cifar_batch(path) -> tuple[np.ndarray, list[int]]:
 
 
 def png_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
-    """The PNG files of `tar`, sorted by member name (the canonical order)."""
-    members = [m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(".png")]
+    """The PNG files of `tar`, sorted by member name (the canonical order).
+    A tar cut short is refused (FormatError), not read as a smaller one."""
+    members = tar.getmembers()
+    check_complete(tar)
+    members = [m for m in members if m.isfile() and m.name.lower().endswith(".png")]
     return sorted(members, key=lambda m: m.name)
+
+
+def check_complete(tar: tarfile.TarFile):
+    """FormatError unless `tar` (fully listed) ends with its end-of-archive
+    block. Python's tarfile ends the listing silently at a truncated or
+    damaged header after the first, so a cut archive looks like a short one."""
+    tar.fileobj.seek(tar.offset)
+    if tar.fileobj.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
+        raise FormatError(f"truncated or damaged after {len(tar.getmembers())} members (no end-of-archive "
+                          f"block at byte {tar.offset})")
 
 
 def decode_png(data: bytes, *, size: int = 32, name: str = "image") -> np.ndarray:
