@@ -64,7 +64,10 @@ def test_checkpoints_restore_and_fall_back_past_corrupt_steps(tmp_path):
     text = " ".join(str(w.message) for w in record)
     assert "step 50" in text and "step 40" in text
     assert out2["run_dir"] == out["run_dir"]
+    # both are moved aside, not deleted, and 40 and 50 are written anew from step 30
+    assert (out["checkpoints"] / "40.corrupt").is_dir() and (out["checkpoints"] / "50.corrupt").is_dir()
     assert Checkpoints(out["checkpoints"], create=False, asynchronous=False).steps()[-1] == 50
+    assert load_with_meta(out["checkpoints"] / "50")[1]["step"] == 50
 
 
 def test_fresh_run_never_overwrites_a_run_with_checkpoints(tmp_path):
@@ -146,6 +149,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     r = subprocess.run(_train_cmd(tmp_path, "killed", steps, "--resume"), env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stdout
+    assert f"left locked by pid {proc.pid}" in r.stderr  # the killed run's lock: reported, taken over
     r = subprocess.run(_train_cmd(tmp_path, "whole", steps), env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     for a, b in zip(_final_params(tmp_path / "killed", steps), _final_params(tmp_path / "whole", steps)):
