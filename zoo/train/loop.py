@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 import zoo
 from zoo._cli import Failure, UsageError, message
-from zoo.evaluate import evaluate, make_eval_step
+from zoo.evaluate import eight_bit, evaluate, make_eval_step
 from zoo.flow import bits_per_dim
 from zoo.train.config import TrainConfig
 
@@ -438,8 +438,7 @@ class _Run:
         self.history: dict = {}
         self.source = source = zoo.get_dataset(data)
         self.images = source.dtype == "uint8" and len(source.shape) == 3
-        # bits/dim is the 8-bit convention; binary data (Bernoulli models) is reported in nats only
-        self.eight_bit = self.images and not source.binary and source.binarize is None
+        self.eight_bit = eight_bit(source)  # bits/dim; binary data (Bernoulli models) in nats only
         self.input_shape = tuple(source.shape)
         self.num_dims = math.prod(self.input_shape)
         self.mesh = make_mesh()
