@@ -123,6 +123,48 @@ def test_conv_selfnorm_gradient_equals_exact_when_R_is_the_inverse(kernel_size):
     assert float(jnp.max(jnp.abs(g_exact.weight))) > 1e-2  # not trivially zero
 
 
+def _centre_only(model, seed):
+    """Every self-normalizing conv of `model` (stacked ones too) set to a centre-only
+    kernel M with R = M^-1 exactly (the inverse of such a convolution is one)."""
+    rng = np.random.default_rng(seed)
+    ws, rs = [], []
+    for layer in snf_layers(model):
+        w, r = np.zeros(layer.weight.shape), np.zeros(layer.weight.shape)
+        c, k = layer.weight.shape[-3], layer.weight.shape[-1]
+        for idx in np.ndindex(*layer.weight.shape[:-4]):
+            m = np.eye(c) + 0.3 * rng.normal(size=(c, c))
+            w[idx + (..., k // 2, k // 2)], r[idx + (..., k // 2, k // 2)] = m, np.linalg.inv(m)
+        ws.append(jnp.asarray(w))
+        rs.append(jnp.asarray(r))
+    model = eqx.tree_at(lambda m: [l.weight for l in snf_layers(m)], model, ws)
+    return eqx.tree_at(lambda m: [l.inv_weight for l in snf_layers(m)], model, rs)
+
+
+def test_stacked_layers_in_a_scan_get_the_selfnorm_gradient():
+    # The CNN config stacks its repeated (conv, activation) blocks into lax.scan;
+    # every layer's W gradient must still equal the exact one when R = W^-1
+    # (a regression: the stacked layers once lost part of their log-det gradient).
+    from zoo.bijections.base import Scan
+    from zoo_selfnorm.models import SelfNormCNNConfig
+
+    model = SelfNormCNNConfig(nll_grad_scale=1.0, recon_loss_weight=0.0).build(input_shape=(1, 8, 8),
+                                                                             key=jax.random.key(0))
+    model = _centre_only(_to64(model), 1)
+    assert any(isinstance(n, Scan) for n in jax.tree.leaves(model, is_leaf=lambda n: isinstance(n, Scan)))
+    assert len(stacked := [l for l in snf_layers(model) if l.weight.ndim == 5]) >= 2, stacked
+    xs = jax.random.uniform(jax.random.key(2), (3, 1, 8, 8), dtype=jnp.float64)
+    g_snf, g_exact = snf_layers(grad_loss(model, xs)), snf_layers(grad_nll(model, xs))
+    for ls, le in zip(g_snf, g_exact):
+        np.testing.assert_allclose(ls.weight, le.weight, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(ls.bias, le.bias, rtol=1e-9, atol=1e-9)
+    assert float(jnp.max(jnp.abs(g_exact[0].weight))) > 1.0
+    # the reconstruction errors of stacked layers are still read off per layer
+    model = eqx.tree_at(lambda m: snf_layers(m)[0].inv_weight, model, 1.1 * snf_layers(model)[0].inv_weight)
+    _, aux = model.loss(xs[0])
+    rec = np.asarray(aux["recon_error"])
+    assert rec.shape == (9,) and rec[0] > 1e-3 and np.all(np.abs(rec[3:]) < 1e-18), rec
+
+
 def test_conv_logdet_rule_is_the_trace_gradient_with_R_for_the_inverse():
     # d log|det M(W)| / dW = sum over positions of M^-T; the rule replaces M^-1
     # by the convolution matrix of R: the gradient of tr(R_mat M(W)), boundary

@@ -14,7 +14,8 @@ gives it the self-normalized training objective and GECO.
   `nll_without_snf_logdet`. Aux `recon_error` holds every layer's
   reconstruction error (in model order; stacked layers in stack order), read
   off in the same pass as the derivative of the loss w.r.t. a zero "probe"
-  per layer (a reverse pass over the scalar log-det path only).
+  per layer (forward mode: one one-hot tangent per layer on the scalar
+  log-det path).
 * `after_step` is GECO (per-layer, as the reference): an EMA of each layer's
   reconstruction error, ema <- a * ema + (1 - a) * rec (first step: rec), and
   lambda <- lambda * exp(lr * (ema - tolerance)). lambda and the EMA are
@@ -25,11 +26,13 @@ gives it the self-normalized training objective and GECO.
 """
 
 import math
+from functools import partial
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from zoo.bijections import Bijection
 from zoo.flow import call_with_key
@@ -111,6 +114,14 @@ def geco_update(lam, ema, rec, *, lr, alpha, tolerance):
     return lam * jnp.exp(lr * (ema - tolerance)), ema
 
 
+def _one_hot_tangents(probes):
+    """Stacked one-hot tangents for a list of probe arrays: row i is 1 at the i-th of
+    their concatenated entries (model order, stacked layers in stack order)."""
+    sizes = [p.size for p in probes]
+    columns = jnp.split(jnp.eye(sum(sizes), dtype=probes[0].dtype), np.cumsum(sizes)[:-1], axis=1)
+    return [c.reshape((-1,) + p.shape) for c, p in zip(columns, probes)]
+
+
 class SelfNormModel(eqx.Module):
     """A flow with self-normalizing layers, trained with the self-normalized gradient."""
 
@@ -153,17 +164,24 @@ class SelfNormModel(eqx.Module):
         dtype = layers[0].weight.dtype if layers else x.dtype
         probes = [jnp.zeros(stack_shape(layer), dtype) for layer in layers]
 
-        def nll(probes):
+        def nll(model, probes):
             it = iter(probes)
-            view = _replace(self.model, lambda layer: _TrainView(layer, next(it)))
-            value = -call_with_key(view.log_prob, x, key=key)
-            return value, value
+            view = _replace(model, lambda layer: _TrainView(layer, next(it)))
+            return -call_with_key(view.log_prob, x, key=key)
 
-        loss, pullback, _ = jax.vjp(nll, probes, has_aux=True)
-        (recs,) = pullback(jnp.ones_like(loss))
-        rec = jax.lax.stop_gradient(jnp.concatenate([r.ravel() for r in recs])) if recs else jnp.zeros((0,), dtype)
-        aux = {"nll_without_snf_logdet": loss, "recon_error": rec,
-               "recon_error_mean": jnp.mean(rec) if recs else jnp.zeros((), dtype)}
+        if not layers:
+            loss = nll(self.model, probes)
+            return loss, {"nll_without_snf_logdet": loss, "recon_error": jnp.zeros((0,), dtype),
+                          "recon_error_mean": jnp.zeros((), dtype)}
+        # Each layer's reconstruction error is the loss's derivative w.r.t. its probe, taken
+        # in forward mode (one one-hot tangent per probe) in the same pass as the loss.
+        # Reverse mode (differentiating the output of jax.vjp(nll, probes)) would run the
+        # custom rules' primal code inside lax.scan and drop the log-det gradient of
+        # stacked layers.
+        loss, rec = jax.vmap(lambda t: jax.jvp(partial(nll, self.model), (probes,), (t,)),
+                             out_axes=(None, 0))(_one_hot_tangents(probes))
+        rec = jax.lax.stop_gradient(rec)
+        aux = {"nll_without_snf_logdet": loss, "recon_error": rec, "recon_error_mean": jnp.mean(rec)}
         return loss, aux
 
     def after_step(self, aux, *, step):
