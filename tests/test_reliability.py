@@ -108,6 +108,46 @@ def test_cli_passes_return_values_and_system_exit_through():
     assert e.value.code == 4
 
 
+@pytest.mark.parametrize("tool, argv, words", [
+    ("train", ["--model", "realnvp", "--data", "moons", "--steps", "abc"], ["Error parsing --steps", "'abc'", "see python -m zoo.train --help"]),
+    ("train", ["--model", "realnvp", "--data", "moons", "--step", "3"], ["--step", "did you mean --steps"]),
+    ("train", ["--model", "realnvp", "--data", "moons", "--model-cfg.nosuch", "3"], ["--model-cfg.nosuch"]),
+    ("evaluate", [], ["missing --checkpoint", "see python -m zoo.evaluate --help"]),
+    ("evaluate", ["--bogus"], ["missing --checkpoint", "unrecognized --bogus"]),
+    ("evaluate", ["--checkpoint", "nsf.moons", "--num-importance", "0"], ["--num-importance must be at least 1"]),
+    ("evaluate", ["--checkpoint", "nsf.moons", "--split", "tset"], ["--split 'tset'", "train, validation, test"]),
+    ("sample", ["--checkpoint", "nsf.moons", "--temperature"], ["--temperature", "see python -m zoo.sample --help"]),
+    ("sample", ["--checkpoint", "nsf.moons", "--tempreature", "3"], ["did you mean --temperature"]),
+    ("data", ["frob"], ["invalid choice: 'frob'", "see python -m zoo.data --help"]),
+    ("data", ["check", "--bogus"], ["unrecognized arguments: --bogus"]),
+    ("download_data", [], ["required: NAME", "--help"]),
+])
+def test_argument_errors_are_one_line_with_exit_status_2(tool, argv, words, capsys, tmp_path, monkeypatch):
+    """tyro's and argparse's own errors (a bad value, an unknown or missing option) are one line too,
+    not a help box or a usage block."""
+    import importlib
+
+    monkeypatch.delenv("ZOO_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        module = {"train": "zoo.train.cli", "data": "zoo.data.__main__", "download_data": "zoo.data.download"}
+        importlib.import_module(module.get(tool, f"zoo.{tool}")).main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    _one_error_line(err, f"zoo.{tool}", *words)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_mistyped_pretrained_name_is_answered_with_the_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="did you mean 'nsf.moons'"):
+        zoo.load_pretrained("nsf.moon")
+    with pytest.raises(CheckpointError, match=r"see zoo.list_pretrained\(\)"):
+        zoo.load_pretrained("nothing.like_it")
+    with pytest.raises(CheckpointError, match=r"check the path$"):  # a path is not taken for a name
+        zoo.load_pretrained("runs/nsf.moon")
+
+
 def _train_main(capsys, *argv):
     """zoo.train's main in this process: (exit status, stderr)."""
     from zoo.train.cli import main

@@ -23,15 +23,17 @@ wrapped function returns (an exit status or None). Warnings print as
 `zoo.evaluate: warning: <message>`.
 """
 
+import argparse
 import errno
 import functools
 import logging
 import os
+import re
 import sys
 import traceback
 import warnings
 
-__all__ = ["UsageError", "Failure", "cli", "report", "exit_code", "message"]
+__all__ = ["UsageError", "Failure", "cli", "parse_args", "ArgumentParser", "report", "exit_code", "message"]
 
 
 class UsageError(ValueError):
@@ -119,7 +121,7 @@ def _restore(saved: tuple, failed: bool):
 def cli(tool: str):
     """Decorate a CLI's `main(argv=None)`: expected failures become one
     line and an exit status (see the module docstring). SystemExit passes
-    through (argparse and tyro already print their own usage errors).
+    through; parse arguments with `parse_args` so tyro's errors are one line too.
     While it runs, warnings print as `TOOL: warning: <message>` and library
     noise is dropped: absl's and asyncio's log records below CRITICAL and
     unraisable exceptions (ZOO_DEBUG=1 leaves all three alone)."""
@@ -145,3 +147,61 @@ def cli(tool: str):
         return run
 
     return wrap
+
+
+
+def _one_line(box: str) -> str:
+    """tyro's error box as one line: its messages, without the help text."""
+    sections, current = [], []
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", box).splitlines() if ln.strip()]
+    for ln in lines[1:]:  # lines[0] is the box's title; boxes are drawn in ASCII when stdout is not UTF-8
+        if ln[:1] == "╰":
+            continue
+        ln = ln.strip("│").strip()
+        if ln and set(ln) <= {"─", "-"}:
+            sections, current = sections + [current], []
+        elif ln:
+            current.append(ln)
+    parts = []
+    for body in [*sections, current]:
+        if not body or body[0].startswith(("For full helptext", "Argument helptext")):
+            continue
+        options = [b.split()[0] for b in body[1:] if b.startswith("--")]
+        if body[0].startswith("Missing from"):  # the required options, without their help
+            parts.append("missing " + ", ".join(options))
+        elif body[0].startswith("Perhaps you meant"):
+            parts.append(f"did you mean {' or '.join(options)}?")
+        elif body[0] == "Unrecognized options:":
+            parts.append("unrecognized " + ", ".join(options))
+        else:
+            parts.append(" ".join(" ".join(body).split()).rstrip("."))
+    return "; ".join(parts) or "invalid arguments"
+
+
+def parse_args(cls, *, args, prog: str, **kwargs):
+    """`tyro.cli(cls, ...)` whose usage errors are one `UsageError` line that
+    says where the help is (ZOO_DEBUG=1 also prints tyro's own box)."""
+    import contextlib
+    import io
+
+    import tyro
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            parsed = tyro.cli(cls, args=args, prog=prog, **kwargs)
+    except SystemExit as e:
+        if not e.code:
+            raise
+        if _debug():
+            sys.stderr.write(captured.getvalue())
+        raise UsageError(f"{_one_line(captured.getvalue())}; see {prog} --help") from None
+    sys.stderr.write(captured.getvalue())  # tyro's warnings on a parse that worked
+    return parsed
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one `UsageError` line (for a `cli` main) that says where the help is."""
+
+    def error(self, message):
+        raise UsageError(f"{message}; see {self.prog} --help")

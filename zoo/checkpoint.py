@@ -384,6 +384,19 @@ def _download(url: str, sha256: str | None) -> tuple[Path, str]:
     raise CheckpointError(f"{url}: sha256 {digest} does not match the expected {sha256}; check the URL and the sha256")
 
 
+def _pretrained_hint(s: str) -> str:
+    """For a missing path that looks like a pretrained name (`arch.tag`, no folder): the names to use."""
+    import difflib
+
+    from zoo.pretrained import list_pretrained
+
+    if "/" in s or os.sep in s or "." not in s.strip(".") or s.endswith(".tar.gz"):
+        return ""
+    close = difflib.get_close_matches(s, list_pretrained(), n=3)
+    return (f", or a pretrained name (did you mean {', '.join(map(repr, close))}?)" if close
+            else ", or a pretrained name (see zoo.list_pretrained())")
+
+
 def _resolve(path_or_url, sha256):
     """A local checkpoint directory for a directory, an archive file or a URL
     (downloads and extractions are cached under $ZOO_CACHE_DIR, default
@@ -404,7 +417,7 @@ def _resolve(path_or_url, sha256):
     else:
         path = Path(s).expanduser().absolute()
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}; check the path")
+        raise CheckpointError(f"no checkpoint at {path}; check the path" + _pretrained_hint(s))
     if path.is_dir():
         if sha256 is not None:
             raise CheckpointError("sha256 verifies an archive file (.tar.gz); pass the archive, not a directory")

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from zoo._cli import UsageError, cli
+from zoo._cli import UsageError, cli, parse_args
 
 __all__ = ["make_eval_step", "evaluate", "eight_bit", "evaluation_key", "evaluate_checkpoint", "main"]
 
@@ -129,6 +129,8 @@ def evaluate_checkpoint(model, meta: dict, *, data=None, split="test", data_dir=
     train = meta.get("train", {})
     data = data or meta["data"]
     source = zoo.get_dataset(data)
+    if split not in source.splits:
+        raise UsageError(f"--split {split!r}: {data} has the splits {', '.join(source.splits)}; pass one of them")
     if math.prod(source.shape) != math.prod(meta["input_shape"]):
         raise UsageError(f"dataset {data!r} has examples of shape {source.shape}; this model takes {tuple(meta['input_shape'])}; pass a --data of that shape")
     if num_importance is not None:
@@ -196,11 +198,14 @@ def _report(r: dict) -> str:
 
 @cli("zoo.evaluate")
 def main(argv=None) -> int:
-    import tyro
-
     from zoo.checkpoint import load_with_meta
 
-    cmd = tyro.cli(EvaluateCommand, args=argv, prog="python -m zoo.evaluate")
+    cmd = parse_args(EvaluateCommand, args=argv, prog="python -m zoo.evaluate")
+    for flag in ("num_importance", "batch", "max_examples"):  # before anything is loaded
+        value = getattr(cmd, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}; pass a positive count "
+                             "or leave it out")
     model, meta = load_with_meta(cmd.checkpoint, sha256=cmd.sha256, step=cmd.step)
     r = evaluate_checkpoint(model, meta, data=cmd.data, split=cmd.split, data_dir=cmd.data_dir, batch=cmd.batch,
                             num_importance=cmd.num_importance, max_examples=cmd.max_examples,

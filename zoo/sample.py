@@ -14,9 +14,8 @@ import math
 import sys
 from pathlib import Path
 
-import tyro
 
-from zoo._cli import Failure, UsageError, cli
+from zoo._cli import Failure, UsageError, cli, parse_args
 
 
 @dataclasses.dataclass
@@ -116,7 +115,7 @@ def _validate(cmd: SampleCommand):
 
 @cli("zoo.sample")
 def main(argv=None):
-    cmd = tyro.cli(SampleCommand, args=argv, prog="python -m zoo.sample")
+    cmd = parse_args(SampleCommand, args=argv, prog="python -m zoo.sample")
     _validate(cmd)
     import jax
     import numpy as np

@@ -6,11 +6,10 @@
   exit status 1, with the download command, if anything is missing or corrupt.
 """
 
-import argparse
 import sys
 
 from zoo.data.base import MissingDatasetError, download_command, load_dataset, resolve_data_dir
-from zoo._cli import cli, message
+from zoo._cli import ArgumentParser, cli, message
 from zoo.registry import get_dataset, list_datasets, provider
 
 
@@ -65,7 +64,7 @@ def _check(args) -> int:
 
 @cli("zoo.data")
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zoo.data", description="Inspect and check zoo's datasets.")
+    parser = ArgumentParser(prog="python -m zoo.data", description="Inspect and check zoo's datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="registered datasets")
     for cmd, nargs, text in (("info", None, "describe one dataset"), ("check", "?", "load every split")):

@@ -26,7 +26,6 @@ itself; where a source gives one we check it, plus the md5 where known):
   their sha256 is printed for your records.
 """
 
-import argparse
 import dataclasses
 import hashlib
 import os
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo._cli import UsageError, cli, message
+from zoo._cli import ArgumentParser, UsageError, cli, message
 from zoo.data import formats, mnist_wheel
 from zoo.data.base import CorruptDatasetError, MissingDatasetError, resolve_data_dir
 from zoo.data.sources import converted_path
@@ -407,7 +406,7 @@ def prepare(name: str, data_dir=None, *, convert: bool = True, force: bool = Fal
 @cli("zoo.download_data")
 def main(argv=None) -> int:
     names = sorted(RESOURCES) + sorted(ALIASES) + list(BUNDLED)
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="download_data.py",
         description="Download, verify (sha256/md5) and convert zoo's datasets into DATA_DIR/<name>/.",
     )

@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 import tyro
 
 import zoo
-from zoo._cli import UsageError, cli
+from zoo._cli import UsageError, cli, parse_args
 from zoo.train.config import TrainConfig
 
 # The model `--data NAME` alone trains, by the kind of NAME's examples.
@@ -139,7 +139,7 @@ def parse(argv=None):
     train_cfg = dataclasses.replace(train_cfg, wandb=_replace(f"--config {config}: [train.wandb]", train_cfg.wandb, wandb_values))
     default = cls(config=config, model=model, data=data, model_cfg=model_cfg,
                   **{f.name: getattr(train_cfg, f.name) for f in dataclasses.fields(TrainConfig)})
-    command = tyro.cli(cls, args=argv, default=default, prog="python -m zoo.train")
+    command = parse_args(cls, args=argv, default=default, prog="python -m zoo.train")
     train_cfg = TrainConfig(**{f.name: getattr(command, f.name) for f in dataclasses.fields(TrainConfig)})
     check_builds(command.model, command.model_cfg, command.data)
     return command.model, command.model_cfg, command.data, train_cfg
