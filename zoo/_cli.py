@@ -135,8 +135,8 @@ def cli(tool: str):
                 result = main(*args, **kwargs)
                 failed = False
                 return result
-            except KeyboardInterrupt:
-                print(f"{tool}: interrupted", file=sys.stderr, flush=True)
+            except KeyboardInterrupt as e:  # its message, if any, says what was kept
+                print(f"{tool}: interrupted" + (f" {e}" if str(e) else ""), file=sys.stderr, flush=True)
                 raise SystemExit(130) from None
             except Exception as e:
                 raise SystemExit(report(tool, e)) from None

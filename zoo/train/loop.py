@@ -14,8 +14,10 @@ import itertools
 import json
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import typing
 from pathlib import Path
@@ -400,6 +402,29 @@ def _scalars(metrics: dict) -> dict:
     return out
 
 
+class _StopRequest:
+    """Ctrl-C during the loop asks it to stop after the step in flight, with that
+    step checkpointed (the data state matches it); a second Ctrl-C interrupts at
+    once. Only where Ctrl-C would raise KeyboardInterrupt: one process, main thread."""
+
+    def __init__(self):
+        self.asked, self.previous = False, None
+
+    def __enter__(self):
+        if (threading.current_thread() is threading.main_thread() and jax.process_count() == 1
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous = signal.signal(signal.SIGINT, self._ask)
+        return self
+
+    def _ask(self, signum, frame):
+        self.asked = True
+        signal.signal(signal.SIGINT, self.previous)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
     """Train `model_cfg` (the config of registered model `model`) on dataset
     `data`; returns the final metrics and the paths written.
@@ -601,41 +626,63 @@ class _Run:
             tqdm.write("step 0: " + "; ".join(f"{s} {_fmt(r)}" for s, r in self.history["first_eval"].items()))
         self.bar = tqdm(total=total_steps, initial=self.start, disable=not cfg.progress, unit="step",
                         dynamic_ncols=True)
-        self.t_start = t_last = time.perf_counter()
+        self.t_start = self.t_last = time.perf_counter()
         times: list[float] = []
-        pending = None  # the previous step's metrics: read one step late so dispatch runs ahead
-        for step in range(self.start + 1, total_steps + 1):
-            b = next(self.it)
-            t0 = time.perf_counter()
-            self.params, self.opt_state, metrics = self.step_fn(
-                self.params, self.opt_state, global_batch(mesh, b["x"], self.dtype), global_batch(mesh, b["mask"]),
-                jax.random.fold_in(self.k_train, step), jnp.asarray(step, jnp.int32),
-            )
-            if cfg.log_timing:
-                jax.block_until_ready(metrics)
-                if step > self.start + 1:  # the first step includes compilation
-                    times.append(time.perf_counter() - t0)
-            if pending is not None:
-                self.check(pending, step - 1)
-            pending = metrics
-            self.bar.update(1)
-            if step % cfg.log_interval == 0 or step == total_steps:
-                t_last = self._log_step(step, b, metrics, times, t_last)
-            results = {}
-            if self.eval_every and step % self.eval_every == 0 and step != total_steps:
-                results = self.run_eval(step)
-                tqdm.write(f"step {step}: " + "; ".join(f"{s} {_fmt(v)}" for s, v in results.items()))
-            if self.sample_every and step % self.sample_every == 0 and step != total_steps:
-                self.write_samples(self.run_dir / f"samples_{step}.png", eqx.combine(self.params, self.static), step)
-            if self.save_every and step % self.save_every == 0 and step != total_steps:
-                # never checkpoint a state reached through skipped (non-finite) updates
-                if self.check(metrics, step) == 0:
-                    self.save(step, results)
+        pending = None
+        with _StopRequest() as stop:
+            for step in range(self.start + 1, total_steps + 1):
+                stopping = stop.asked and step != total_steps  # read once: this step is then checkpointed
+                pending = self._step(step, pending, times, checkpoint=stopping)
+                if stopping:
+                    self._stop(step)
         if pending is not None:
             self.check(pending, total_steps)
         self.pending = pending
         self.bar.close()
         self.elapsed = time.perf_counter() - self.t_start
+
+    def _step(self, step, pending, times, *, checkpoint=False):
+        """One training step and what is due after it (a checkpoint also when asked);
+        returns its metrics (checked one step late, so dispatch runs ahead)."""
+        from tqdm.auto import tqdm
+
+        cfg, total_steps, mesh = self.cfg, self.total_steps, self.mesh
+        b = next(self.it)
+        t0 = time.perf_counter()
+        self.params, self.opt_state, metrics = self.step_fn(
+            self.params, self.opt_state, global_batch(mesh, b["x"], self.dtype), global_batch(mesh, b["mask"]),
+            jax.random.fold_in(self.k_train, step), jnp.asarray(step, jnp.int32),
+        )
+        if cfg.log_timing:
+            jax.block_until_ready(metrics)
+            if step > self.start + 1:  # the first step includes compilation
+                times.append(time.perf_counter() - t0)
+        if pending is not None:
+            self.check(pending, step - 1)
+        pending = metrics
+        self.bar.update(1)
+        if step % cfg.log_interval == 0 or step == total_steps:
+            self.t_last = self._log_step(step, b, metrics, times, self.t_last)
+        results = {}
+        if self.eval_every and step % self.eval_every == 0 and step != total_steps:
+            results = self.run_eval(step)
+            tqdm.write(f"step {step}: " + "; ".join(f"{s} {_fmt(v)}" for s, v in results.items()))
+        if self.sample_every and step % self.sample_every == 0 and step != total_steps:
+            self.write_samples(self.run_dir / f"samples_{step}.png", eqx.combine(self.params, self.static), step)
+        due = self.save_every and step % self.save_every == 0 and step != total_steps
+        if (due or checkpoint) and self.check(metrics, step) == 0:
+            # never checkpoint a state reached through skipped (non-finite) updates
+            self.save(step, results)
+        return metrics
+
+    def _stop(self, step):
+        """After a Ctrl-C: the checkpoint of `step` (saved by `_step` unless its state was not
+        finite) is on disk before the run stops."""
+        self.bar.close()
+        self.ckpt.wait()
+        steps = self._settle()
+        saved = f"checkpoint {step} saved" if step in steps else f"checkpoints {steps} on disk"
+        raise KeyboardInterrupt(f"at step {step}; {saved} in {self.ckpt.directory}: continue with --resume")
 
     def _log_step(self, step, b, metrics, times, t_last):
         """The training-loss line (metrics.jsonl, progress bar, wandb); returns the time of this log."""
