@@ -345,33 +345,41 @@ def _train_cmd(out, name, *extra):
             "--num-samples", "4", *extra]
 
 
-def test_ctrl_c_checkpoints_the_step_it_stops_at_and_resume_ends_where_an_uninterrupted_run_does(tmp_path):
-    import signal
+def _stop_midway(tmp_path, name, sig) -> tuple[int, str]:
+    """Start a run, send `sig` once it has logged, and return its exit status and last stderr line."""
     import time
 
-    full = subprocess.run(_train_cmd(tmp_path, "full"), env=ENV, capture_output=True, text=True, timeout=600)
-    assert full.returncode == 0, full.stderr[-2000:]
     interactive = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
                    "sys.argv = ['zoo.train', *sys.argv[1:]]; runpy.run_module('zoo.train', run_name='__main__')")
-    p = subprocess.Popen([sys.executable, "-c", interactive, *_train_cmd(tmp_path, "cut")[3:]], env=ENV,
+    p = subprocess.Popen([sys.executable, "-c", interactive, *_train_cmd(tmp_path, name)[3:]], env=ENV,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # Ctrl-C as in a terminal
-    metrics = tmp_path / "cut" / "metrics.jsonl"
+    metrics = tmp_path / name / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not (metrics.exists() and '"train_batch"' in metrics.read_text()) and time.monotonic() < deadline:
         time.sleep(0.02)
-    p.send_signal(signal.SIGINT)  # as Ctrl-C does
+    p.send_signal(sig)
     _, err = p.communicate(timeout=600)
-    assert p.returncode == 130, err[-2000:]
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("zoo.train: interrupted at step ") and "continue with --resume" in line, err[-2000:]
-    step = int(line.split("at step ")[1].split(";")[0])
-    assert 50 <= step < 3000 and f"checkpoint {step} saved" in line, line
-    ckpts = tmp_path / "cut" / "checkpoints"
-    assert (ckpts / str(step)).is_dir()
-    r = subprocess.run(_train_cmd(tmp_path, "cut", "--resume"), env=ENV, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and f"resuming" in r.stdout + r.stderr, r.stderr[-2000:]
-    got, want = (_leaves(load_with_meta(tmp_path / run / "checkpoints" / "3000")[0]) for run in ("cut", "full"))
-    assert all(np.array_equal(a, b) for a, b in zip(got, want))  # nothing lost, nothing changed
+    return p.returncode, err.strip().splitlines()[-1]
+
+
+def test_ctrl_c_and_sigterm_checkpoint_the_step_they_stop_at_and_resume_ends_where_an_uninterrupted_run_does(
+        tmp_path):
+    import signal
+
+    full = subprocess.run(_train_cmd(tmp_path, "full"), env=ENV, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+    want = _leaves(load_with_meta(tmp_path / "full" / "checkpoints" / "3000")[0])
+    for name, sig, by in (("ctrl_c", signal.SIGINT, ""), ("sigterm", signal.SIGTERM, "by SIGTERM ")):
+        code, line = _stop_midway(tmp_path, name, sig)
+        assert code == 128 + sig and line.startswith(f"zoo.train: interrupted {by}at step "), (code, line)
+        step = int(line.split("at step ")[1].split(";")[0])
+        assert 50 <= step < 3000 and f"checkpoint {step} saved" in line and "continue with --resume" in line, line
+        assert (tmp_path / name / "checkpoints" / str(step)).is_dir()
+        r = subprocess.run(_train_cmd(tmp_path, name, "--resume"), env=ENV, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0 and f"from step {step}" in r.stdout + r.stderr, r.stderr[-2000:]
+        got = _leaves(load_with_meta(tmp_path / name / "checkpoints" / "3000")[0])
+        assert all(np.array_equal(a, b) for a, b in zip(got, want)), name  # nothing lost, nothing changed
 
 
 def test_two_runs_started_together_get_their_own_directories(tmp_path):

@@ -17,7 +17,7 @@ and `TrainingDiverged`, `zoo.data.MissingDatasetError`, any `OSError`: a
 missing file, a full disk, a refused URL). Anything else is a bug and is
 reported as one line naming the exception. `ZOO_DEBUG=1` also prints the
 traceback (and the library logs `cli` otherwise drops); Ctrl-C exits 130
-with one line. Write messages as "what is wrong; what to do"; an `OSError`
+with one line (a training run stopped by a signal: 128 + the signal). Write messages as "what is wrong; what to do"; an `OSError`
 without that gets a hint from its errno. `main` returns whatever the
 wrapped function returns (an exit status or None). Warnings print as
 `zoo.evaluate: warning: <message>`.
@@ -137,7 +137,7 @@ def cli(tool: str):
                 return result
             except KeyboardInterrupt as e:  # its message, if any, says what was kept
                 print(f"{tool}: interrupted" + (f" {e}" if str(e) else ""), file=sys.stderr, flush=True)
-                raise SystemExit(130) from None
+                raise SystemExit(getattr(e, "exit_status", 130)) from None
             except Exception as e:
                 raise SystemExit(report(tool, e)) from None
             finally:

@@ -402,27 +402,43 @@ def _scalars(metrics: dict) -> dict:
     return out
 
 
+class RunStopped(KeyboardInterrupt):
+    """The run stopped on a signal after checkpointing its last step; the exit status is 128 + the signal."""
+
+    def __init__(self, signum: int, text: str):
+        super().__init__(text)
+        self.exit_status = 128 + signum
+
+
 class _StopRequest:
-    """Ctrl-C during the loop asks it to stop after the step in flight, with that
-    step checkpointed (the data state matches it); a second Ctrl-C interrupts at
-    once. Only where Ctrl-C would raise KeyboardInterrupt: one process, main thread."""
+    """Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption) during the loop asks it
+    to stop after the step in flight, with that step checkpointed (the data state
+    matches it); a second signal acts at once. Only for signals left at Python's
+    defaults, in one process's main thread."""
+
+    DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
     def __init__(self):
-        self.asked, self.previous = False, None
+        self.signum, self.previous = None, {}
+
+    @property
+    def asked(self) -> bool:
+        return self.signum is not None
 
     def __enter__(self):
-        if (threading.current_thread() is threading.main_thread() and jax.process_count() == 1
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self.previous = signal.signal(signal.SIGINT, self._ask)
+        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+            for sig, default in self.DEFAULTS.items():
+                if signal.getsignal(sig) is default:
+                    self.previous[sig] = signal.signal(sig, self._ask)
         return self
 
     def _ask(self, signum, frame):
-        self.asked = True
-        signal.signal(signal.SIGINT, self.previous)
+        self.signum = self.signum or signum
+        signal.signal(signum, self.previous[signum])
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
@@ -634,7 +650,7 @@ class _Run:
                 stopping = stop.asked and step != total_steps  # read once: this step is then checkpointed
                 pending = self._step(step, pending, times, checkpoint=stopping)
                 if stopping:
-                    self._stop(step)
+                    self._stop(step, stop.signum)
         if pending is not None:
             self.check(pending, total_steps)
         self.pending = pending
@@ -675,14 +691,15 @@ class _Run:
             self.save(step, results)
         return metrics
 
-    def _stop(self, step):
-        """After a Ctrl-C: the checkpoint of `step` (saved by `_step` unless its state was not
-        finite) is on disk before the run stops."""
+    def _stop(self, step, signum):
+        """After Ctrl-C or SIGTERM: the checkpoint of `step` (saved by `_step` unless its state was
+        not finite) is on disk before the run stops."""
         self.bar.close()
         self.ckpt.wait()
         steps = self._settle()
         saved = f"checkpoint {step} saved" if step in steps else f"checkpoints {steps} on disk"
-        raise KeyboardInterrupt(f"at step {step}; {saved} in {self.ckpt.directory}: continue with --resume")
+        by = "" if signum == signal.SIGINT else f"by {signal.Signals(signum).name} "
+        raise RunStopped(signum, f"{by}at step {step}; {saved} in {self.ckpt.directory}: continue with --resume")
 
     def _log_step(self, step, b, metrics, times, t_last):
         """The training-loss line (metrics.jsonl, progress bar, wandb); returns the time of this log."""
