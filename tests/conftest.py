@@ -1,10 +1,20 @@
 """Test-wide settings: offline, CPU, no wandb; LAPACK single-threaded so the
 two shared cores do not stall (see DESIGN.md section 6)."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ZOO_CACHE_DIR", tempfile.mkdtemp(prefix="zoo-test-cache-"))
+
+# One persistent XLA cache for this run, made by the first process to load this file and
+# inherited by the xdist workers and the CLIs the tests start: the same small models are
+# compiled in many processes (about a third of the suite's CPU time). Fresh each run.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="zoo-test-xla-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
