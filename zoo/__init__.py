@@ -11,6 +11,7 @@ from zoo.checkpoint import load_pretrained, save_pretrained
 from zoo.data import CorruptDatasetError, DatasetSource, MissingDatasetError, load_dataset
 from zoo.flow import Flow, bits_per_dim
 from zoo.pretrained import list_pretrained, pretrained_card
+from zoo.train.fit import fit
 from zoo.registry import (
     PluginImportWarning,
     RegistryError,
@@ -30,7 +31,7 @@ from zoo.registry import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "bijections", "distributions", "testing",
+    "bijections", "distributions", "testing", "fit",
     "Bijection", "Flow", "bits_per_dim", "data_init", "after_update", "load_pretrained", "save_pretrained",
     "list_pretrained", "pretrained_card",
     "DatasetSource", "MissingDatasetError", "CorruptDatasetError", "load_dataset",

@@ -29,7 +29,8 @@ __all__ = ["make_eval_step", "evaluate", "eight_bit", "evaluation_key", "evaluat
 def make_eval_step(static, mesh):
     """jit(fn)(params, x, mask, key) -> (log p of every example, 0 where
     masked out; the mask), both global and replicated so that every process
-    reads all of them."""
+    reads all of them. `x` is a batch, or a pair (batch, conditions) for a
+    conditional model: log p(x | condition)."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -43,11 +44,18 @@ def make_eval_step(static, mesh):
 
     def fn(params, x, mask, key):
         model = eqx.combine(params, static)
-        keys = jax.random.split(key, x.shape[0])
-        lp = jax.vmap(lambda xi, ki: call_with_key(model.log_prob, xi, key=ki))(x, keys)
+        x, condition = x if isinstance(x, tuple) else (x, None)
+        keys = jax.random.split(key, mask.shape[0])
+        lp = jax.vmap(lambda xi, ci, ki: call_with_key(model.log_prob, xi, key=ki, **_given(condition=ci)))(
+            x, condition, keys)
         return jnp.where(mask, lp, 0.0), mask
 
     return jax.jit(fn, in_shardings=(replicated, batch, batch, replicated), out_shardings=(replicated, replicated))
+
+
+def _given(**kwargs) -> dict:
+    """The keyword arguments that are not None (a condition only for conditional models)."""
+    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 def eight_bit(source) -> bool:
@@ -83,7 +91,9 @@ def evaluate(eval_step, params, pipe, mesh, *, key, num_dims, images, max_exampl
     for i, b in enumerate(tqdm(pipe, total=total, disable=not progress, unit="batch", leave=False)):
         seen = i * pipe.batch_size
         mask = b["mask"] & (np.arange(len(b["mask"])) + seen < n)
-        lp, real = eval_step(params, global_batch(mesh, b["x"], dtype), global_batch(mesh, mask), jax.random.fold_in(key, i))
+        x = global_batch(mesh, b["x"], dtype)
+        x = (x, global_batch(mesh, b["y"], dtype)) if "y" in b else x
+        lp, real = eval_step(params, x, global_batch(mesh, mask), jax.random.fold_in(key, i))
         log_ps.append(np.asarray(lp, np.float64)[np.asarray(real)])  # every process's rows
         if i + 1 >= total:
             break

@@ -44,7 +44,10 @@ class SampleCommand:
     """Samples drawn per compiled call (bounds memory)."""
 
 
-def sample(model, key, *, num: int, temperature: float = 1.0, batch: int = 256, **options):
+def sample(model, key, *, num: int, temperature: float = 1.0, batch: int = 256, condition=None, **options):
+    """`num` samples as one NumPy array, drawn `batch` at a time by one compiled call;
+    `condition` (conditional models): one condition per sample (class labels, or
+    (num, *condition_shape) floats), or one for all."""
     import jax
     import numpy as np
 
@@ -56,9 +59,16 @@ def sample(model, key, *, num: int, temperature: float = 1.0, batch: int = 256, 
         options["temperature"] = temperature
     elif temperature != 1.0:
         raise UsageError(f"{type(model).__name__}.sample has no temperature; leave --temperature at 1.0")
-    draw = jax.jit(jax.vmap(lambda k: model.sample(k, **options)))
     keys = jax.random.split(key, num)
-    return np.concatenate([np.asarray(draw(keys[i : i + batch])) for i in range(0, num, batch)])
+    if condition is None:
+        draw = jax.jit(jax.vmap(lambda k: model.sample(k, **options)))
+        return np.concatenate([np.asarray(draw(keys[i : i + batch])) for i in range(0, num, batch)])
+    condition = np.asarray(condition)
+    if condition.ndim == 0 or condition.shape == tuple(getattr(model, "condition_shape", None) or ()):
+        condition = np.broadcast_to(condition, (num, *condition.shape))
+    draw = jax.jit(jax.vmap(lambda k, c: model.sample(k, condition=c, **options)))
+    return np.concatenate([np.asarray(draw(keys[i : i + batch], condition[i : i + batch]))
+                           for i in range(0, num, batch)])
 
 
 # Image samples live in [0, 1]; a pixel a whole range beyond that is no plausible image (an overflow).

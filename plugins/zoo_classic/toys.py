@@ -40,18 +40,30 @@ def _half_split(n):
 
 
 class Moons(_Toy2D):
-    description = "Two interleaving half circles (sklearn make_moons, noise 0.1), scaled x2 and shifted by (-1, -0.2)."
+    description = ("Two interleaving half circles (sklearn make_moons, noise 0.1), scaled x2 and shifted by "
+                   "(-1, -0.2); labelled by moon (0 outer, 1 inner: p(x | moon) for conditional flows).")
     seed = 101
+    num_classes = 2
 
     @staticmethod
     def generate(n, *, rng):
+        return Moons.generate_labelled(n, rng=rng)[0]
+
+    @staticmethod
+    def generate_labelled(n, *, rng):
         n_out, n_in = _half_split(n)
         t_out, t_in = np.linspace(0, np.pi, n_out), np.linspace(0, np.pi, n_in)
         outer = np.stack([np.cos(t_out), np.sin(t_out)], 1)
         inner = np.stack([1 - np.cos(t_in), 1 - np.sin(t_in) - 0.5], 1)
-        x = rng.permutation(np.concatenate([outer, inner]))
+        order = rng.permutation(n)  # the same draw as permuting the points themselves
+        x = np.concatenate([outer, inner])[order]
         x = x + 0.1 * rng.standard_normal(x.shape)
-        return 2 * x + np.array([-1.0, -0.2])
+        return 2 * x + np.array([-1.0, -0.2]), (order >= n_out).astype(np.int64)
+
+    def load_labels(self, split, *, data_dir=None):
+        self.check_split(split)
+        rng = np.random.default_rng([self.seed, _SPLIT_SEEDS[split]])
+        return self.generate_labelled(SPLIT_SIZES[split], rng=rng)[1]
 
 
 class Circles(_Toy2D):

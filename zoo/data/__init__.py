@@ -19,6 +19,7 @@ from zoo.data.base import (
     MissingDatasetError,
     download_command,
     load_dataset,
+    load_labels,
     resolve_data_dir,
 )
 from zoo.data.preprocess import (
@@ -33,6 +34,7 @@ __all__ = [
     "MissingDatasetError",
     "CorruptDatasetError",
     "load_dataset",
+    "load_labels",
     "resolve_data_dir",
     "download_command",
     "pipeline",

@@ -18,6 +18,7 @@ __all__ = [
     "CorruptDatasetError",
     "resolve_data_dir",
     "load_dataset",
+    "load_labels",
     "download_command",
 ]
 
@@ -70,10 +71,17 @@ class DatasetSource(abc.ABC):
     files: ClassVar[tuple[str, ...]] = ()
     # Terms the data is used under (for model cards and `info`).
     licence: ClassVar[str] = "unknown: see the dataset's source"
+    # Classes of the labels `load_labels` returns (None: the dataset has no labels).
+    num_classes: ClassVar[int | None] = None
 
     @abc.abstractmethod
     def load(self, split: str, *, data_dir: Path) -> np.ndarray:
         """All examples of `split` as one array (N, *shape) of `dtype`."""
+
+    def load_labels(self, split: str, *, data_dir: Path) -> np.ndarray:
+        """The class of every example of `split` (int64, N), aligned with `load`;
+        datasets with labels set `num_classes` and override this."""
+        raise ValueError(f"{type(self).__name__} has no labels; train it unconditionally (drop --conditional)")
 
     def check_split(self, split: str) -> None:
         if split not in self.splits:
@@ -98,3 +106,19 @@ def load_dataset(name: str, *, split: str, data_dir=None) -> np.ndarray:
             f"dataset {name!r} returned {out.dtype}{list(out.shape)}, expected {source.dtype}{list(expected)}"
         )
     return out
+
+
+def load_labels(name: str, *, split: str, data_dir=None) -> np.ndarray:
+    """The class labels (int64, N) of one split of the registered dataset `name`,
+    aligned with `load_dataset`; a ValueError if it has none."""
+    from zoo.registry import get_dataset
+
+    source = get_dataset(name)
+    source.check_split(split)
+    if source.num_classes is None:
+        raise ValueError(f"dataset {name!r} has no labels; train it unconditionally (drop --conditional)")
+    labels = np.asarray(source.load_labels(split, data_dir=resolve_data_dir(data_dir)), np.int64)
+    if labels.ndim != 1 or labels.min(initial=0) < 0 or labels.max(initial=0) >= source.num_classes:
+        raise RuntimeError(f"dataset {name!r} returned labels {labels.dtype}{list(labels.shape)} outside "
+                           f"[0, {source.num_classes})")
+    return labels

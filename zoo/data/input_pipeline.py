@@ -85,8 +85,9 @@ class _Examples:
 class _MakeBatch:
     """map_with_index transform: (step, example indices) -> batch dict."""
 
-    def __init__(self, examples, *, seed, process_index, steps_per_epoch, dequantize, binarize, flip):
+    def __init__(self, examples, *, seed, process_index, steps_per_epoch, dequantize, binarize, flip, labels=None):
         self.examples = _Examples(examples)
+        self.labels = labels
         self.seed = seed
         self.process_index = process_index
         self.steps_per_epoch = steps_per_epoch
@@ -109,13 +110,16 @@ class _MakeBatch:
             x = scale(raw)
         else:  # "identity"
             x = raw.astype(np.float32)
-        return {
+        batch = {
             "x": x,
             "mask": mask,
             "index": idx,
             "epoch": np.int64(step // self.steps_per_epoch),
             "step": np.int64(step),
         }
+        if self.labels is not None:  # padding rows get example 0's label (masked out anyway)
+            batch["y"] = np.take(self.labels, np.where(mask, idx, 0), axis=0)
+        return batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +131,8 @@ class Pipeline:
     Every batch is a dict: `x` float32 (batch_size, *shape); `mask` bool
     (batch_size,), False on padding (only when `drop_remainder=False`);
     `index` int64 row of each example in the split (-1 for padding);
-    `epoch` and `step` (global step, counted from 0).
+    `epoch` and `step` (global step, counted from 0); with `labels`, `y`
+    (batch_size, ...) the label or condition of each example.
 
     With `num_workers > 0` the batches live in shared memory: call the
     iterator's `close()` and drop it and its batches before the interpreter
@@ -191,6 +196,7 @@ def pipeline(
     dequantize: str | Dequantizer = "auto",
     binarize: str | None = "auto",
     flip: bool = False,
+    labels=None,
     process_index: int | None = None,
     process_count: int | None = None,
     num_workers: int = 0,
@@ -222,6 +228,9 @@ def pipeline(
         (`binarized_mnist_dynamic` binarizes, the rest do not).
       flip: mirror images left-right with probability 1/2 (augmentation;
         CIFAR-10 / ImageNet32 training).
+      labels: add each example's `y` to its batch: True takes a named
+        dataset's class labels (`load_labels`); an array (N, ...) gives one
+        label or condition per example of an array `data`.
       process_index, process_count: this process's shard (default
         `jax.process_index()` / `jax.process_count()`).
       num_workers: grain worker processes (0: none, the default; they pay
@@ -230,18 +239,30 @@ def pipeline(
     """
     from zoo.registry import get_dataset
 
+    labels = None if labels is False else labels
     if isinstance(data, str):
         from zoo.data.base import load_dataset
 
         source = get_dataset(data)
         examples = load_dataset(data, split=split, data_dir=data_dir)
         binary, default_binarize, label = source.binary, source.binarize, repr(data)
+        if labels is True:
+            from zoo.data.base import load_labels
+
+            labels = load_labels(data, split=split, data_dir=data_dir)
     else:
         examples = data if isinstance(data, np.ndarray) else np.asarray(data)
         binary, default_binarize, label = False, None, "array"
     if examples.ndim < 2:
         raise ValueError(f"pipeline: {label} must be (N, *shape), got shape {examples.shape}")
     n, shape = examples.shape[0], tuple(examples.shape[1:])
+    if labels is True:
+        raise ValueError("pipeline: labels=True needs a dataset name; pass the labels array with an array `data`")
+    if labels is not None:
+        labels = np.asarray(labels)
+        labels = labels.astype(np.int32) if labels.dtype.kind in "iub" else labels  # class indices, as jax's default int
+        if labels.ndim < 1 or len(labels) != n:
+            raise ValueError(f"pipeline: labels must have one row per example ({n}), got shape {labels.shape}")
     integer = examples.dtype == np.uint8
 
     if not 0 <= seed < 2**32:
@@ -307,6 +328,7 @@ def pipeline(
             dequantize=dequantize,
             binarize=binarize,
             flip=flip,
+            labels=labels,
         )
     )
     return Pipeline(

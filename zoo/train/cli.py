@@ -141,8 +141,13 @@ def parse(argv=None):
                   **{f.name: getattr(train_cfg, f.name) for f in dataclasses.fields(TrainConfig)})
     command = parse_args(cls, args=argv, default=default, prog="python -m zoo.train")
     train_cfg = TrainConfig(**{f.name: getattr(command, f.name) for f in dataclasses.fields(TrainConfig)})
-    check_builds(command.model, command.model_cfg, command.data)
-    return command.model, command.model_cfg, command.data, train_cfg
+    model_cfg = command.model_cfg
+    if train_cfg.conditional:
+        from zoo.train.loop import conditional_config
+
+        model_cfg = conditional_config(command.model, model_cfg, command.data)
+    check_builds(command.model, model_cfg, command.data)
+    return command.model, model_cfg, command.data, train_cfg
 
 
 def check_builds(model: str, model_cfg, data: str) -> None:

@@ -64,6 +64,9 @@ class TrainConfig:
     """Temperature of those samples (scales the base noise; Glow's samples are usually shown at 0.7)."""
     seed: int = 0
     """Seeds model initialisation, data order, dequantization noise."""
+    conditional: bool = False
+    """Model p(x | y) of the data given its class label y (fed to the model as `condition`); the model's
+    --model-cfg.condition-shape defaults to (number of classes,). Sample a class with zoo.sample --condition."""
     data_dir: str | None = None
     """Dataset folder (default: $ZOO_DATA_DIR, then ~/.cache/zoo/data)."""
     out_dir: str = "runs"

@@ -32,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 import zoo
 from zoo._cli import Failure, UsageError, message
-from zoo.evaluate import eight_bit, evaluate, make_eval_step
+from zoo.evaluate import _given, eight_bit, evaluate, make_eval_step
 from zoo.flow import bits_per_dim
 from zoo.train.config import TrainConfig
 
@@ -112,12 +112,21 @@ def _all_finite(tree) -> jax.Array:
 _COND_MIN_SIZE = 2**19  # elements of the largest parameter array (measured crossover, see train_step)
 
 
-def make_train_step(static, optimizer, mesh):
-    """jit(step)(params, opt_state, x, mask, key, step) -> (params, opt_state,
-    metrics); params/opt_state replicated and donated, the batch split over
-    "data". The loss runs on `eqx.nn.inference_mode(model, False)` (layers
-    with an `inference` field in their training behaviour) and gets `step=`
-    if it takes it. After the update, `zoo.after_update` refreshes the layers'
+def make_train_step(static, optimizer, mesh, *, donate: bool = False):
+    """step(params, opt_state, x, mask, key, step) -> (params, opt_state,
+    metrics): one jitted update with params/opt_state replicated over `mesh`
+    and the batch `x` (or a pair (x, conditions) for a conditional model)
+    split over its "data" axis.
+
+    Safe to call from user code: params and opt_state are put on the mesh's
+    replicated sharding first (so it compiles once, wherever they were), and
+    they are not deleted unless `donate=True` (the trainer's choice: it never
+    reuses them, and donation saves a copy of the model per step). The jitted
+    function itself is `step.jitted`.
+
+    The loss runs on `eqx.nn.inference_mode(model, False)` (layers with an
+    `inference` field in their training behaviour) and gets `step=` if it
+    takes it. After the update, `zoo.after_update` refreshes the layers'
     untrained state, then the model's `after_step` hook, if any, runs."""
     replicated = NamedSharding(mesh, P())
     batch = NamedSharding(mesh, P("data"))
@@ -125,8 +134,10 @@ def make_train_step(static, optimizer, mesh):
     def loss_fn(params, x, mask, key, step):
         model = eqx.nn.inference_mode(eqx.combine(params, static), False)
         extra = {"step": step} if _takes(model.loss, "step") else {}
-        keys = jax.random.split(key, x.shape[0])
-        losses, aux = jax.vmap(lambda xi, ki: model.loss(xi, key=ki, **extra))(x, keys)
+        x, condition = x if isinstance(x, tuple) else (x, None)
+        keys = jax.random.split(key, mask.shape[0])
+        losses, aux = jax.vmap(lambda xi, ci, ki: model.loss(xi, key=ki, **_given(condition=ci), **extra))(
+            x, condition, keys)
         aux = jax.tree.map(lambda a: _masked_mean(a, mask), aux)
         return _masked_mean(losses, mask), aux
 
@@ -170,12 +181,19 @@ def make_train_step(static, optimizer, mesh):
         metrics = {"loss": loss, "grad_norm": jnp.sqrt(grad_sq), "nonfinite": count, **aux}
         return params, OptState(inner, count), metrics
 
-    return jax.jit(
+    jitted = jax.jit(
         train_step,
         in_shardings=(replicated, replicated, batch, batch, replicated, replicated),
         out_shardings=(replicated, replicated, replicated),
-        donate_argnums=(0, 1),
+        donate_argnums=(0, 1) if donate else (),
     )
+
+    def step(params, opt_state, x, mask, key, step):
+        params, opt_state = jax.device_put((params, opt_state), replicated)  # no copy when already there
+        return jitted(params, opt_state, x, mask, key, step)
+
+    step.jitted = jitted
+    return step
 
 
 def global_batch(mesh, local: np.ndarray, dtype=None):
@@ -190,9 +208,9 @@ class _Log:
     """metrics.jsonl in the run directory (one JSON object per line), written
     by process 0 only."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.file = open(path, "a") if jax.process_index() == 0 else None
+    def __init__(self, path: Path | None):
+        self.path = path  # None: nothing is written
+        self.file = open(path, "a") if path is not None and jax.process_index() == 0 else None
 
     def write(self, **record):
         if self.file is None:
@@ -308,7 +326,7 @@ def _stored_run_config(run_dir: Path, steps: list[int]) -> dict | None:
 def _settings_differ(stored: dict, run_config: dict) -> list[str]:
     diff = [f"--{k} {stored.get(k)} (asked: {run_config[k]})" for k in ("model", "data") if stored.get(k) != run_config[k]]
     if not diff:
-        old, new = stored.get("model_cfg") or {}, run_config["model_cfg"]
+        old, new = stored.get("model_cfg") or {}, run_config["model_cfg"] or {}
         diff = [f"--model-cfg.{k.replace('_', '-')} {old.get(k)} (asked: {new.get(k)})"
                 for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
     return diff
@@ -367,16 +385,17 @@ def _claim_run_dir(cfg: TrainConfig, name: str, run_config: dict) -> tuple[Path,
 class _Wandb:
     """wandb when --wandb.project is set; otherwise every call does nothing."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, name: str, config: dict):
+    def __init__(self, cfg: TrainConfig, run_dir: Path | None, config: dict):
         self.run = None
         if cfg.wandb.project is None or jax.process_index() != 0:
             return
+        name = None if run_dir is None else run_dir.name
         import wandb
 
         self.wandb = wandb
         self.run = wandb.init(
             project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode, name=name,
-            dir=str(run_dir), config=config, tags=list(cfg.wandb.tags), resume="allow",
+            dir=None if run_dir is None else str(run_dir), config=config, tags=list(cfg.wandb.tags), resume="allow",
         )
 
     def log(self, data: dict, step: int):
@@ -467,20 +486,77 @@ def train(model: str, model_cfg, data: str, cfg: TrainConfig) -> dict:
         run.close()
 
 
-class _Run:
-    """One training run; see `train` for the order of its phases."""
+@dataclasses.dataclass(frozen=True)
+class Arrays:
+    """In-memory data for `zoo.fit`: training examples (N, *shape), uint8 images
+    or float vectors, or a `zoo.data.Pipeline` of them; validation examples;
+    and, for a conditional model, the condition (label) of each example."""
 
-    def __init__(self, model: str, model_cfg, data: str, cfg: TrainConfig):
+    x: typing.Any
+    x_val: typing.Any
+    y: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape) if isinstance(self.x, np.ndarray) else tuple(self.x.shape)
+
+
+def conditional_config(model: str, model_cfg, data: str):
+    """`model_cfg` for a --conditional run on `data`: condition_shape (classes,) unless set."""
+    source = zoo.get_dataset(data)
+    if not any(f.name == "condition_shape" for f in dataclasses.fields(model_cfg)):
+        conditional = [m for m in zoo.list_models()
+                       if any(f.name == "condition_shape" for f in dataclasses.fields(zoo.get_model_config(m)))]
+        raise UsageError(f"--conditional: {model} has no conditional version; the conditional models are "
+                         f"{', '.join(conditional)}")
+    if source.num_classes is None:
+        raise UsageError(f"--conditional: {data} has no labels to condition on; datasets with labels: "
+                         + ", ".join(d for d in zoo.list_datasets() if zoo.get_dataset(d).num_classes))
+    if model_cfg.condition_shape is None:
+        model_cfg = dataclasses.replace(model_cfg, condition_shape=(source.num_classes,))
+    if tuple(model_cfg.condition_shape) != (source.num_classes,):
+        raise UsageError(f"--model-cfg.condition-shape {tuple(model_cfg.condition_shape)} does not fit {data}'s "
+                         f"{source.num_classes} classes; leave it out (it is set to ({source.num_classes},))")
+    return model_cfg
+
+
+class _Run:
+    """One training run; see `train` for the order of its phases.
+
+    `data` is a dataset name, or `Arrays` (from `zoo.fit`); `net` a built model
+    to train instead of building `model_cfg`'s; `optimizer` an optax
+    transformation instead of the one `cfg` describes; `init=False` skips the
+    data-dependent initialisation (for a model trained before). `run_dir=False` writes
+    nothing: no run directory, log or checkpoint (`zoo.fit` without a
+    `checkpoint_dir`). `keep_best`: return the parameters of the best
+    validation NLL; `patience`: stop after that many evaluations without a
+    better one."""
+
+    def __init__(self, model: str, model_cfg, data, cfg: TrainConfig, *, net=None, optimizer=None,
+                 run_dir: bool = True, patience: int | None = None, keep_best: bool = False, quiet: bool = False,
+                 init: bool = True):
         from zoo.checkpoint import Checkpoints, config_to_json
 
         _check_args(cfg)
         self.model, self.model_cfg, self.data, self.cfg = model, model_cfg, data, cfg
-        self.lock = self.ckpt = self.log = self.wb = self.bar = None
-        self.history: dict = {}
-        self.source = source = zoo.get_dataset(data)
-        self.images = source.dtype == "uint8" and len(source.shape) == 3
-        self.eight_bit = eight_bit(source)  # bits/dim; binary data (Bernoulli models) in nats only
-        self.input_shape = tuple(source.shape)
+        self.net, self.optimizer, self.patience, self.quiet, self.init = net, optimizer, patience, quiet, init
+        self.lock = self.ckpt = self.log = self.wb = self.bar = self.run_dir = None
+        self.history: dict = {"evaluations": []}
+        self.keep_best, self.best_params, self.best_eval, self.since_best = keep_best, None, math.inf, 0
+        self.stopped_early, self.losses, self.last_eval = False, [], None
+        self.arrays = data if isinstance(data, Arrays) else None
+        if self.arrays is None:
+            source = zoo.get_dataset(data)
+            self.input_shape, self.eight_bit = tuple(source.shape), eight_bit(source)  # binary data: nats only
+            self.images = source.dtype == "uint8" and len(source.shape) == 3
+            self.conditional = cfg.conditional
+        else:
+            self.input_shape = self.arrays.shape[1:]
+            integer = np.dtype(self.arrays.x.dtype) == np.uint8 if isinstance(self.arrays.x, np.ndarray) else False
+            self.eight_bit = integer
+            self.images = integer and len(self.input_shape) == 3
+            self.conditional = self.arrays.y is not None
         self.num_dims = math.prod(self.input_shape)
         self.mesh = make_mesh()
         n_dev = self.mesh.devices.size
@@ -488,12 +564,16 @@ class _Run:
             raise UsageError(f"--batch-size {cfg.batch_size} must be divisible by the {n_dev} devices; "
                              f"pass a multiple of {n_dev}")
         if cfg.flip and not self.images:
-            raise UsageError(f"--flip mirrors images; {data} holds vectors: drop --flip")
+            raise UsageError(f"--flip mirrors images; {self._data_name} holds vectors: drop --flip")
+        self._check_conditional()
         self._load_data(n_dev)
-        self.run_config = {"model": model, "data": data, "model_cfg": config_to_json(model_cfg),
+        self.run_config = {"model": model, "data": self._data_name,
+                           "model_cfg": None if model_cfg is None else config_to_json(model_cfg),
                            "input_shape": list(self.input_shape), "train": dataclasses.asdict(cfg)}
+        if not run_dir:
+            return
         # Nothing is written before this line.
-        self.run_dir, self.lock = _claim_run_dir(cfg, cfg.name or f"{model}-{data}", self.run_config)
+        self.run_dir, self.lock = _claim_run_dir(cfg, cfg.name or f"{model}-{self._data_name}", self.run_config)
         try:
             (self.run_dir / "config.json").write_text(json.dumps(self.run_config, indent=2))
             self.ckpt = Checkpoints(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
@@ -501,27 +581,58 @@ class _Run:
             self.close()
             raise
 
+    @property
+    def _data_name(self) -> str:
+        return "arrays" if self.arrays is not None else self.data
+
+    def _check_conditional(self):
+        shape = getattr(self.net if self.net is not None else self.model_cfg, "condition_shape", None)
+        if self.conditional and shape is None:
+            what = "pass condition=None" if self.arrays is not None else "drop --conditional"
+            raise UsageError(f"{self.model} is not conditional (no condition_shape), but conditions were given; "
+                             f"{what} or build a conditional model")
+        if shape is not None and not self.conditional:
+            what = "pass condition=" if self.arrays is not None else "add --conditional"
+            raise UsageError(f"{self.model} is conditional (condition_shape {tuple(shape)}); {what} so that the "
+                             "data's labels are fed to it")
+
     def _load_data(self, n_dev: int):
-        from zoo.data import load_dataset, pipeline
+        from zoo.data import Pipeline, load_dataset, pipeline
 
         cfg, data = self.cfg, self.data
-        try:
-            self.train_pipe = pipeline(data, split="train", batch_size=cfg.batch_size, seed=cfg.seed,
-                                       data_dir=cfg.data_dir, flip=cfg.flip)
-        except ValueError as e:
-            n = len(load_dataset(data, split="train", data_dir=cfg.data_dir))
-            if cfg.batch_size > n // jax.process_count():
-                raise UsageError(f"--batch-size {cfg.batch_size} is larger than {data}'s train split "
-                                 f"({n} examples); pass --batch-size {n} or less") from None
-            raise UsageError(f"{data}: {e}") from None
         eval_bs = max(n_dev, cfg.eval_batch_size // n_dev * n_dev)
+        if self.arrays is not None:
+            a = self.arrays
 
-        def eval_pipe(split):
-            return pipeline(data, split=split, batch_size=eval_bs, seed=cfg.seed, data_dir=cfg.data_dir,
-                            shuffle=False, drop_remainder=False)
+            def pipe(x, y, split, bs):
+                if isinstance(x, Pipeline):
+                    return x
+                return pipeline(x, split=split, batch_size=bs, seed=cfg.seed, flip=cfg.flip and split == "train",
+                                labels=y, **({} if split == "train" else {"shuffle": False, "drop_remainder": False}))
 
-        splits = [s for s in ("validation", "test") if s in self.source.splits]
-        self.eval_pipes = {s: eval_pipe(s) for s in splits + (["train"] if cfg.eval_train else [])}
+            try:
+                self.train_pipe = pipe(a.x, a.y, "train", cfg.batch_size)
+                self.eval_pipes = {"validation": pipe(a.x_val, a.y_val, "validation", eval_bs)}
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+        else:
+            labels = True if self.conditional else None
+            try:
+                self.train_pipe = pipeline(data, split="train", batch_size=cfg.batch_size, seed=cfg.seed,
+                                           data_dir=cfg.data_dir, flip=cfg.flip, labels=labels)
+            except ValueError as e:
+                n = len(load_dataset(data, split="train", data_dir=cfg.data_dir))
+                if cfg.batch_size > n // jax.process_count():
+                    raise UsageError(f"--batch-size {cfg.batch_size} is larger than {data}'s train split "
+                                     f"({n} examples); pass --batch-size {n} or less") from None
+                raise UsageError(f"{data}: {e}") from None
+
+            def eval_pipe(split):
+                return pipeline(data, split=split, batch_size=eval_bs, seed=cfg.seed, data_dir=cfg.data_dir,
+                                shuffle=False, drop_remainder=False, labels=labels)
+
+            splits = [s for s in ("validation", "test") if s in zoo.get_dataset(data).splits]
+            self.eval_pipes = {s: eval_pipe(s) for s in splits + (["train"] if cfg.eval_train else [])}
         per_epoch = self.steps_per_epoch = self.train_pipe.steps_per_epoch
 
         def every(steps, epochs):
@@ -537,33 +648,42 @@ class _Run:
     def restore_or_init(self):
         cfg = self.cfg
         k_model, self.k_train, self.k_eval, self.k_sample = jax.random.split(jax.random.key(cfg.seed), 4)
-        net = self.model_cfg.build(input_shape=self.input_shape, key=k_model)
+        net = self.net if self.net is not None else self.model_cfg.build(input_shape=self.input_shape, key=k_model)
         self.dtype = jax.tree.leaves(eqx.filter(net, eqx.is_inexact_array))[0].dtype  # data is fed in this dtype
         replicated = NamedSharding(self.mesh, P())
-        optimizer = make_optimizer(cfg, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
+        optimizer = self.optimizer or make_optimizer(cfg, steps_per_epoch=self.steps_per_epoch,
+                                                     total_steps=self.total_steps)
         self.start, self.best, data_state, opt_state = 0, math.inf, None, None
         if cfg.resume:
             net, opt_state, data_state = self._restore(net, optimizer, replicated)
-        else:
+        elif self.init:
             # Data-dependent init (ActNorm) once, jitted, on the global batch: its
             # statistics are global across devices.
             first = next(iter(self.train_pipe))
-            net = eqx.filter_jit(zoo.data_init)(net, global_batch(self.mesh, first["x"], self.dtype))
+            y = global_batch(self.mesh, first["y"], self.dtype) if self.conditional else None
+            net = eqx.filter_jit(zoo.data_init)(net, global_batch(self.mesh, first["x"], self.dtype),
+                                                **_given(condition=y))
         params, self.static = eqx.partition(net, eqx.is_inexact_array)
         self.params = jax.device_put(params, replicated)
         self.opt_state = jax.device_put(init_opt_state(optimizer, params) if opt_state is None else opt_state,
                                         replicated)
         self.it = self.train_pipe.iterator(data_state)  # from the first batch again, or where the checkpoint left off
-        self.step_fn = make_train_step(self.static, optimizer, self.mesh)
+        self.step_fn = make_train_step(self.static, optimizer, self.mesh, donate=True)
         self.eval_fn = make_eval_step(self.static, self.mesh)
         n_params = sum(a.size for a in jax.tree.leaves(self.params))
-        self.log = _Log(self.run_dir / "metrics.jsonl")
-        self.wb = _Wandb(cfg, self.run_dir, self.run_dir.name, self.run_config)
-        print(
-            f"zoo.train: {self.model} on {self.data} {self.input_shape}; {n_params:,} parameters; "
+        self.log = _Log(None if self.run_dir is None else self.run_dir / "metrics.jsonl")
+        self.wb = _Wandb(cfg, self.run_dir, self.run_config)
+        self._say(
+            f"zoo.train: {self.model} on {self._data_name} {self.input_shape}; {n_params:,} parameters; "
             f"{self.total_steps} steps of batch {cfg.batch_size} ({self.steps_per_epoch} steps/epoch) on "
-            f"{self.mesh.devices.size} device(s); run directory {self.run_dir}"
+            f"{self.mesh.devices.size} device(s)" + (f"; run directory {self.run_dir}" if self.run_dir else "")
         )
+
+    def _say(self, text: str):
+        if not self.quiet:
+            from tqdm.auto import tqdm
+
+            tqdm.write(text)
 
     def _restore(self, net, optimizer, replicated):
         """(model, optimizer state, data-iterator state) of the newest good step;
@@ -577,7 +697,7 @@ class _Run:
             raise UsageError(f"--resume: step {restored.step} in {self.ckpt.directory} was trained with other "
                              f"settings ({', '.join(diff[:4])}); pick another --name")
         self.start, self.best = restored.step, restored.meta.get("best_validation_nll", math.inf)
-        print(f"zoo.train: resuming {self.run_dir} from step {self.start}")
+        self._say(f"zoo.train: resuming {self.run_dir} from step {self.start}")
         return restored.model, restored.opt_state, restored.meta["data_state"]
 
     # ---------------------------------------------------------------- the loop
@@ -591,9 +711,33 @@ class _Run:
             self.log.write(step=step, split=split, **r)
             self.wb.log({f"{split}/{k}": v for k, v in r.items()}, step)
             results[split] = r
+        self._record(step, results)
         return results
 
+    def _record(self, step, results):
+        """history["evaluations"] gets the step, epoch, each split's NLL and the mean training
+        loss since the last evaluation (in the NLL's units); the best validation NLL is tracked
+        for `keep_best` and `patience`."""
+        entry = {"step": step, "epoch": step / self.steps_per_epoch}
+        if self.losses:
+            offset = self.num_dims * math.log(256.0) if self.eight_bit else 0.0
+            entry["train_nll"] = float(np.mean([float(v) for v in self.losses])) + offset
+            self.losses.clear()
+        entry |= {f"{split}_nll": r["nll"] for split, r in results.items()}
+        self.history["evaluations"].append(entry)
+        val = results.get("validation", {}).get("nll", math.nan)
+        if val < self.best_eval:
+            self.best_eval, self.since_best = val, 0
+            if self.keep_best:  # the next step donates self.params
+                self.best_params = (step, jax.tree.map(jnp.copy, self.params))
+        elif step > 0 and math.isfinite(self.best_eval):
+            self.since_best += 1
+            self.stopped_early = self.patience is not None and self.since_best >= self.patience
+        self.last_eval = (step, results)
+
     def save(self, step, results):
+        if self.ckpt is None:
+            return
         val = results.get("validation", {}).get("nll") if results else None
         if val is not None:
             self.best = min(self.best, val)
@@ -609,16 +753,21 @@ class _Run:
         from zoo.images import save_grid, save_points
         from zoo.sample import sample as draw, sample_problems
 
-        if jax.process_index() != 0 or not (self.images or self.num_dims >= 2):
-            return path
+        if self.run_dir is None or jax.process_index() != 0 or not (self.images or self.num_dims >= 2):
+            return None
         cfg = self.cfg
         num = cfg.num_samples if self.images else 20000
-        xs = draw(model_now, self.k_sample, num=num, temperature=cfg.sample_temperature,
-                  batch=256 if self.images else 4096)
+        condition, grid = None, {}
+        if self.conditional:  # a row per class
+            classes = model_now.condition_shape[0]
+            per = max(1, num // classes)
+            condition, grid = np.repeat(np.arange(classes), per), {"ncol": per}
+        xs = draw(model_now, self.k_sample, num=num if condition is None else len(condition),
+                  temperature=cfg.sample_temperature, batch=256 if self.images else 4096, condition=condition)
         problems = sample_problems(xs, images=self.images)
         if problems:
             tqdm.write(f"zoo.train: warning: {path.name}: {problems}; try a lower --sample-temperature or train longer")
-        save_grid(xs, path) if self.images else save_points(xs, path)
+        save_grid(xs, path, **grid) if self.images else save_points(xs, path)
         self.wb.image("samples", path, step)
         return path
 
@@ -639,20 +788,24 @@ class _Run:
         cfg, total_steps, mesh = self.cfg, self.total_steps, self.mesh
         if self.start == 0:
             self.history["first_eval"] = self.run_eval(0)
-            tqdm.write("step 0: " + "; ".join(f"{s} {_fmt(r)}" for s, r in self.history["first_eval"].items()))
+            self._say("step 0: " + "; ".join(f"{s} {_fmt(r)}" for s, r in self.history["first_eval"].items()))
         self.bar = tqdm(total=total_steps, initial=self.start, disable=not cfg.progress, unit="step",
                         dynamic_ncols=True)
         self.t_start = self.t_last = time.perf_counter()
         times: list[float] = []
-        pending = None
+        pending, self.last_step = None, total_steps
         with _StopRequest() as stop:
             for step in range(self.start + 1, total_steps + 1):
                 stopping = stop.asked and step != total_steps  # read once: this step is then checkpointed
                 pending = self._step(step, pending, times, checkpoint=stopping)
                 if stopping:
                     self._stop(step, stop.signum)
+                if self.stopped_early:
+                    self.last_step = step
+                    self._say(f"step {step}: no better validation NLL in {self.patience} evaluations; stopping")
+                    break
         if pending is not None:
-            self.check(pending, total_steps)
+            self.check(pending, self.last_step)
         self.pending = pending
         self.bar.close()
         self.elapsed = time.perf_counter() - self.t_start
@@ -665,10 +818,13 @@ class _Run:
         cfg, total_steps, mesh = self.cfg, self.total_steps, self.mesh
         b = next(self.it)
         t0 = time.perf_counter()
+        x = global_batch(mesh, b["x"], self.dtype)
+        x = (x, global_batch(mesh, b["y"], self.dtype)) if self.conditional else x
         self.params, self.opt_state, metrics = self.step_fn(
-            self.params, self.opt_state, global_batch(mesh, b["x"], self.dtype), global_batch(mesh, b["mask"]),
+            self.params, self.opt_state, x, global_batch(mesh, b["mask"]),
             jax.random.fold_in(self.k_train, step), jnp.asarray(step, jnp.int32),
         )
+        self.losses.append(metrics["loss"])
         if cfg.log_timing:
             jax.block_until_ready(metrics)
             if step > self.start + 1:  # the first step includes compilation
@@ -681,8 +837,8 @@ class _Run:
         results = {}
         if self.eval_every and step % self.eval_every == 0 and step != total_steps:
             results = self.run_eval(step)
-            tqdm.write(f"step {step}: " + "; ".join(f"{s} {_fmt(v)}" for s, v in results.items()))
-        if self.sample_every and step % self.sample_every == 0 and step != total_steps:
+            self._say(f"step {step}: " + "; ".join(f"{s} {_fmt(v)}" for s, v in results.items()))
+        if self.sample_every and self.run_dir and step % self.sample_every == 0 and step != total_steps:
             self.write_samples(self.run_dir / f"samples_{step}.png", eqx.combine(self.params, self.static), step)
         due = self.save_every and step % self.save_every == 0 and step != total_steps
         if (due or checkpoint) and self.check(metrics, step) == 0:
@@ -694,6 +850,8 @@ class _Run:
         """After Ctrl-C or SIGTERM: the checkpoint of `step` (saved by `_step` unless its state was
         not finite) is on disk before the run stops."""
         self.bar.close()
+        if self.ckpt is None:
+            raise RunStopped(signum, f"at step {step}; nothing saved (no checkpoint directory)")
         self.ckpt.wait()
         steps = self._settle()
         saved = f"checkpoint {step} saved" if step in steps else f"checkpoints {steps} on disk"
@@ -729,24 +887,37 @@ class _Run:
 
     def finish(self) -> dict:
         """Final evaluation and checkpoint (confirmed on disk), samples, summary."""
-        total_steps, run_dir = self.total_steps, self.run_dir
-        self.history["final_eval"] = final = self.run_eval(total_steps)
-        print(f"step {total_steps}: " + "; ".join(f"{s} {_fmt(r)}" for s, r in final.items()))
-        if total_steps > self.start and (self.pending is None or int(self.pending["nonfinite"]) == 0):
-            self.save(total_steps, final)
-        self.ckpt.wait()
-        self.ckpt.close()  # idempotent: close() calls it again
+        last, run_dir = self.last_step, self.run_dir
+        if self.last_eval is not None and self.last_eval[0] == last:  # stopped early right after evaluating
+            final = self.last_eval[1]
+        else:
+            final = self.run_eval(last)
+        self.history["final_eval"] = final
+        self._say(f"step {last}: " + "; ".join(f"{s} {_fmt(r)}" for s, r in final.items()))
+        if last > self.start and (self.pending is None or int(self.pending["nonfinite"]) == 0):
+            self.save(last, final)
+        if self.ckpt is not None:
+            self.ckpt.wait()
+            self.ckpt.close()  # idempotent: close() calls it again
         model_out = eqx.combine(self.params, self.static)
-        samples_path = self.write_samples(run_dir / "samples.png", model_out, total_steps)
-        self.log.write(step=total_steps, split="summary", seconds=self.elapsed, best_validation_nll=self.best)
+        samples_path = None if run_dir is None else self.write_samples(run_dir / "samples.png", model_out, last)
+        self.log.write(step=last, split="summary", seconds=self.elapsed, best_validation_nll=self.best)
         self.log.close()
         self.wb.finish()
-        directory = self.ckpt.directory
-        print(f"zoo.train: {total_steps - self.start} steps in {self.elapsed:.1f} s. Wrote {run_dir}/metrics.jsonl, "
-              f"{samples_path}, checkpoints in {directory}")
-        print(f"  sample more: python -m zoo.sample --checkpoint {directory} --num 64 --out {run_dir}/grid.png")
-        return {"model": model_out, "history": self.history, "run_dir": run_dir, "samples": samples_path,
-                "checkpoints": directory, "params": self.params}
+        out = {"model": model_out, "history": self.history, "run_dir": run_dir, "samples": samples_path,
+               "checkpoints": None, "params": self.params}
+        if self.best_params is not None:
+            out["best_step"], best = self.best_params
+            out["best_model"] = eqx.combine(best, self.static)
+        if run_dir is None:
+            return out
+        out["checkpoints"] = directory = self.ckpt.directory
+        self._say(f"zoo.train: {last - self.start} steps in {self.elapsed:.1f} s. Wrote {run_dir}/metrics.jsonl, "
+                  f"{samples_path}, checkpoints in {directory}")
+        condition = " --condition 0" if self.conditional else ""
+        self._say(f"  sample more: python -m zoo.sample --checkpoint {run_dir}{condition} --num 64 "
+                  f"--out {run_dir}/grid.png")
+        return out
 
     def _settle(self) -> list[int]:
         """Wait for the last checkpoint; the steps on disk. A save that failed
