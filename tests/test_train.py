@@ -181,3 +181,33 @@ def test_an_architecture_that_does_not_fit_the_data_fails_before_a_run(tmp_path,
 def test_mistyped_names_get_a_did_you_mean(capsys, flag, typo, meant):
     code, err = _main_error(capsys, flag, typo)
     assert code == 2 and f"{typo!r}" in err and f"id you mean {meant!r}" in err, err
+
+
+def test_make_train_step_from_user_code_compiles_once_and_keeps_the_users_arrays():
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import zoo
+    from zoo.train.loop import init_opt_state, make_mesh, make_train_step
+
+    model = type(zoo.get_model_config("realnvp"))(num_layers=2, width=8).build(input_shape=(2,), key=jax.random.key(0))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    optimizer = optax.adam(1e-2)
+    step = make_train_step(static, optimizer, make_mesh())
+    opt_state = init_opt_state(optimizer, params)  # left where jax put it, not on the mesh
+    x, mask = np.random.default_rng(0).standard_normal((8, 2)).astype(np.float32), np.ones(8, bool)
+    before = [np.asarray(a).copy() for a in jax.tree.leaves(params)]
+    p, s = params, opt_state
+    for i in range(1, 4):
+        p, s, metrics = step(p, s, x, mask, jax.random.key(i), jnp.asarray(i, jnp.int32))
+    assert step.jitted._cache_size() == 1  # the unplaced first call and the placed later ones share one compile
+    # not donated: the user's model is intact and unchanged, the trained one differs
+    for a, b in zip(jax.tree.leaves(params), before):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    assert any(not np.array_equal(np.asarray(a), b) for a, b in zip(jax.tree.leaves(p), before))
+    # the trainer's donating step consumes its inputs (why it is opt-in)
+    donating = make_train_step(static, optimizer, make_mesh(), donate=True)
+    donating(p, s, x, mask, jax.random.key(9), jnp.asarray(9, jnp.int32))  # p is on the mesh already: no copy
+    assert jax.tree.leaves(p)[0].is_deleted()
