@@ -155,8 +155,9 @@ def evaluate_checkpoint(model, meta: dict, *, data=None, split="test", data_dir=
     seed = int(meta.get("seed", train.get("seed", 0)))
     # data the model was trained binarised is evaluated binarised the same way
     binarize = zoo.get_dataset(meta["data"]).binarize or source.binarize
+    conditional = getattr(model, "condition_shape", None) is not None  # log p(x | the example's label)
     pipe = pipeline(data, split=split, batch_size=bs, seed=seed, data_dir=data_dir, shuffle=False, drop_remainder=False,
-                    binarize=binarize)
+                    binarize=binarize, labels=True if conditional else None)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     dtype = jax.tree.leaves(params)[0].dtype
     t0 = time.perf_counter()

@@ -42,6 +42,9 @@ class SampleCommand:
     """For models with a fast approximate inverse (self-normalizing flows): sample with the exact inverse."""
     batch: int = 256
     """Samples drawn per compiled call (bounds memory)."""
+    condition: tuple[float, ...] | None = None
+    """Conditional models: the class to draw (--condition 7), or the condition vector's values (default: a row
+    of samples per class)."""
 
 
 def sample(model, key, *, num: int, temperature: float = 1.0, batch: int = 256, condition=None, **options):
@@ -102,6 +105,40 @@ def sample_problems(xs, *, images: bool) -> str | None:
     return "; ".join(problems) or None
 
 
+def conditions(model, values, num: int):
+    """The condition of each sample and the grid layout for `--condition values`:
+    None for an unconditional model; one class label, or the condition vector,
+    for all `num` samples; by default a row of num // K samples per class."""
+    import numpy as np
+
+    shape = getattr(model, "condition_shape", None)
+    if shape is None:
+        if values is not None:
+            raise UsageError("--condition: this model is unconditional; leave --condition out")
+        return None, {}
+    size = math.prod(shape)
+    if values is None:
+        if len(shape) != 1:
+            raise UsageError(f"--condition: the model's condition has shape {tuple(shape)}; pass its {size} values")
+        per = max(1, num // shape[0])
+        return np.repeat(np.arange(shape[0]), per), {"ncol": per}
+    if len(values) == 1 and size > 1:  # a class label
+        label = values[0]
+        if label != int(label) or not 0 <= label < shape[0]:
+            raise UsageError(f"--condition {label:g}: a class is an integer in [0, {shape[0]}); pass one of them")
+        return np.full(num, int(label), np.int32), {}
+    if len(values) != size:
+        raise UsageError(f"--condition takes one class in [0, {shape[0]}) or the condition's {size} values; "
+                         f"got {len(values)}")
+    return np.broadcast_to(np.asarray(values, np.float32).reshape(shape), (num, *shape)), {}
+
+
+def _describe(values, grid) -> str:
+    if values is None:
+        return f"a row of {grid['ncol']} per class"
+    return f"class {int(values[0])}" if len(values) == 1 else f"condition {list(values)}"
+
+
 def default_out(checkpoint: str) -> Path:
     """samples/NAME.png, NAME the run (of OUT/NAME, OUT/NAME/checkpoints[/STEP]) or the archive."""
     parts = Path(checkpoint.rstrip("/").split("?")[0]).parts or ("samples",)
@@ -133,21 +170,25 @@ def main(argv=None):
     from zoo.images import save_grid, save_points
 
     model, meta = load_with_meta(cmd.checkpoint, sha256=cmd.sha256, step=cmd.step)
+    condition, grid = conditions(model, cmd.condition, cmd.num)
     trained_t = checkpoint_temperature(meta)
     temperature = trained_t if cmd.temperature is None else cmd.temperature
     # models with a fast approximate inverse take sample(..., exact=True) for the true one
     options = {"exact": True} if cmd.exact_inverse else {}
-    xs = sample(model, jax.random.key(cmd.seed), num=cmd.num, temperature=temperature, batch=cmd.batch, **options)
+    num = cmd.num if condition is None else len(condition)
+    xs = sample(model, jax.random.key(cmd.seed), num=num, temperature=temperature, batch=cmd.batch,
+                condition=condition, **options)
     if not np.isfinite(xs).reshape(len(xs), -1).all(axis=1).any():
         raise Failure(f"all {len(xs)} samples are NaN/inf (nothing written); try a lower --temperature "
                       "or a better-trained checkpoint")
     images = len(meta["input_shape"]) == 3
     out = Path(cmd.out) if cmd.out else default_out(cmd.checkpoint)
-    save_grid(xs, out) if images else save_points(xs.reshape(len(xs), -1), out)
+    save_grid(xs, out, **grid) if images else save_points(xs.reshape(len(xs), -1), out)
     if cmd.npy:
         np.save(cmd.npy, xs)
     source = "the checkpoint's" if cmd.temperature is None else f"the checkpoint's is {trained_t:g}"
-    print(f"zoo.sample: {cmd.num} samples of {meta['model']} (trained on {meta.get('data', '?')}, step "
+    what = "" if condition is None else f" ({_describe(cmd.condition, grid)})"
+    print(f"zoo.sample: {num} samples{what} of {meta['model']} (trained on {meta.get('data', '?')}, step "
           f"{meta.get('step', '?')}) at temperature {temperature:g} ({source}) -> {out}"
           + (f", {cmd.npy}" if cmd.npy else ""), flush=True)
     problems = sample_problems(xs, images=images)
