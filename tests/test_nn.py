@@ -1,5 +1,6 @@
-"""zoo.nn.Conv2d against jax.lax's convolution."""
+"""zoo.nn.Conv2d against jax.lax's convolution; the per-backend choice of every convolution."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,3 +22,49 @@ def test_conv2d_zero_init_and_even_kernel():
     assert not np.any(conv(jnp.ones((2, 4, 4))))
     with pytest.raises(ValueError, match="odd"):
         Conv2d(2, 3, 2, key=jax.random.key(0))
+
+
+def _conv_cases():
+    from zoo_emerging.conv import conv_causal, conv_same
+    from zoo_selfnorm.ops import conv2d_same
+
+    from zoo.nn import Conv2d
+
+    k = jax.random.split(jax.random.key(7), 4)
+    for ksize in (1, 3):
+        layer = Conv2d(3, 5, ksize, key=k[0])
+        yield f"Conv2d k={ksize}", lambda w, x, layer=layer: eqx.tree_at(lambda m: m.weight, layer, w)(x), layer.weight
+    yield "selfnorm conv2d_same", lambda w, x: conv2d_same(w, x), jax.random.normal(k[1], (3, 3, 3, 3))
+    yield "emerging conv_same", lambda w, x: conv_same(x, w), jax.random.normal(k[2], (5, 3, 3, 3))
+    yield "emerging conv_causal", lambda w, x: conv_causal(x, w, skip_centre=True), jax.random.normal(k[3], (5, 3, 2, 2))
+
+
+def test_every_convolution_gives_the_same_values_and_gradients_by_lax_and_by_shifted_products():
+    from zoo.nn import conv_impl
+
+    x = jax.random.normal(jax.random.key(0), (3, 6, 5))
+    for name, conv, w in _conv_cases():
+        out = {}
+        for impl in ("shifted", "lax"):
+            with conv_impl(impl):
+                f = jax.jit(lambda w, x: jnp.sum(jnp.sin(conv(w, x))))  # traced inside the block
+                out[impl] = (conv(w, x), jax.grad(f, argnums=(0, 1))(w, x))
+        np.testing.assert_allclose(out["lax"][0], out["shifted"][0], rtol=1e-5, atol=1e-5, err_msg=name)
+        for a, b in zip(out["lax"][1], out["shifted"][1]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_the_convolution_is_chosen_by_backend_and_can_be_overridden(monkeypatch):
+    from zoo import nn
+
+    monkeypatch.delenv("ZOO_CONV_IMPL", raising=False)
+    assert nn.current_conv_impl() == "shifted"  # XLA:CPU: lax.conv is slow inside scan
+    monkeypatch.setattr(nn.jax, "default_backend", lambda: "gpu")
+    assert nn.current_conv_impl() == "lax"
+    with nn.conv_impl("shifted"):
+        assert nn.current_conv_impl() == "shifted"
+    monkeypatch.setenv("ZOO_CONV_IMPL", "shifted")
+    assert nn.current_conv_impl() == "shifted"
+    monkeypatch.setenv("ZOO_CONV_IMPL", "cudnn")
+    with pytest.raises(ValueError, match="shifted"):
+        nn.current_conv_impl()

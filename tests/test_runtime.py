@@ -52,3 +52,17 @@ def test_only_the_training_cli_is_detected(monkeypatch):
     for argv in (["python", "-m", "pytest", "zoo.train"], ["python", "-c", "-m zoo.train"], ["python", "-m"]):
         monkeypatch.setattr(_runtime.sys, "orig_argv", argv)
         assert not _runtime._running_as(("zoo.train",))
+
+
+@pytest.mark.parametrize("platforms, devices, accelerator", [
+    ("cpu", ["/dev/nvidia0"], False),  # asked for CPU: tuned even on a GPU machine
+    ("cuda", [], True), ("tpu,cpu", [], True),
+    ("", ["/dev/nvidia0"], True), ("", ["/dev/accel0"], True), ("", [], False),
+])
+def test_no_reexec_on_an_accelerator_backend(execv, monkeypatch, platforms, devices, accelerator):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    monkeypatch.setattr(_runtime.glob, "glob", lambda pattern: [d for d in devices if d.startswith(pattern[:9])])
+    assert _runtime.accelerator_backend() is accelerator
+    _runtime.reexec_with_malloc_tuning()
+    assert len(execv) == (0 if accelerator else 1)

@@ -9,10 +9,14 @@ ignore it) asks for transparent huge pages on those mappings instead: ~500
 faults, and the step is ~15 % faster (scripts/bench_glow.py). Tunables are
 read only when a process starts, so `python -m zoo.train` and
 scripts/bench_glow.py re-execute themselves once with it set, `zoo.train`
-before jax is imported. Set ZOO_MALLOC_TUNING=0 to opt out; a library user sets
+before jax is imported. It is a CPU fix: a run whose JAX backend is an
+accelerator (JAX_PLATFORMS naming cuda/gpu/rocm/tpu first, or, with
+JAX_PLATFORMS unset, a GPU or TPU device node present) is not re-executed.
+Set ZOO_MALLOC_TUNING=0 to opt out; a library user sets
 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 in their own environment.
 """
 
+import glob
 import os
 import platform
 import sys
@@ -26,11 +30,25 @@ def malloc_tuned() -> bool:
     return "glibc.malloc.hugetlb" in os.environ.get("GLIBC_TUNABLES", "")
 
 
+ACCELERATOR_DEVICES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
+
+
+def accelerator_backend() -> bool:
+    """Whether jax will run on an accelerator, judged before it is imported: the
+    first of JAX_PLATFORMS, else whether a GPU/TPU device node exists."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip().lower() not in ("cpu", "")
+    return any(glob.glob(pattern) for pattern in ACCELERATOR_DEVICES)
+
+
 def reexec_with_malloc_tuning() -> None:
     """Re-run this process (same interpreter, same arguments) with GLIBC_TUNABLES
-    extended by `TUNABLE`; a no-op off Linux/glibc, when it is already set, or
-    when ZOO_MALLOC_TUNING=0. Call it before importing jax."""
+    extended by `TUNABLE`; a no-op off Linux/glibc, on an accelerator backend,
+    when it is already set, or when ZOO_MALLOC_TUNING=0. Call it before importing jax."""
     if malloc_tuned() or os.environ.get(_OPT_OUT, "1") == "0" or sys.platform != "linux":
+        return
+    if accelerator_backend():
         return
     if platform.libc_ver()[0] != "glibc":
         return

@@ -6,17 +6,64 @@ which would make scanned flows slow. `Conv2d` therefore computes a k x k
 "same" convolution as k*k matrix products with shifted views of the input,
 which stay fast inside `scan`, gradients included (measured on a scanned
 Glow-style conditioner, forward + backward: 258 ms vs 2,372 ms with
-`lax.conv`; one im2col product: 341 ms).
+`lax.conv`; one im2col product: 341 ms). On GPU and TPU the opposite holds:
+`lax.conv_general_dilated` is the vendor's convolution (cuDNN, the TPU's
+MXU), while k*k small products waste the device. So the implementation is
+chosen by `jax.default_backend()` when a model is traced: "shifted" on CPU,
+"lax" elsewhere; `ZOO_CONV_IMPL=shifted|lax` or `with conv_impl("lax"):`
+overrides it. Both compute the same function (tested for equal values and
+gradients on CPU).
 """
 
+import contextlib
 import math
+import os
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import Array
 
-__all__ = ["Conv2d", "init_conv"]
+__all__ = ["Conv2d", "init_conv", "conv_impl", "current_conv_impl", "conv_impl_override", "lax_conv_same"]
+
+CONV_IMPLS = ("shifted", "lax")
+_override: list[str] = []
+
+
+def conv_impl_override() -> str | None:
+    """The implementation asked for: a `conv_impl` block's, else $ZOO_CONV_IMPL, else None."""
+    impl = _override[-1] if _override else os.environ.get("ZOO_CONV_IMPL") or None
+    if impl is not None and impl not in CONV_IMPLS:
+        raise ValueError(f"ZOO_CONV_IMPL={impl!r}: choose one of {CONV_IMPLS}")
+    return impl
+
+
+def current_conv_impl() -> str:
+    """The convolution traced now: the override, else "shifted" on CPU and "lax" on accelerators.
+    (Layers with a faster CPU choice of their own consult `conv_impl_override` instead.)"""
+    return conv_impl_override() or ("shifted" if jax.default_backend() == "cpu" else "lax")
+
+
+def lax_conv_same(x: Array, kernel: Array) -> Array:
+    """Stride-1 zero-padded "same" cross-correlation of one C x H x W example with an
+    (O, C, kh, kw) kernel by `lax.conv_general_dilated` (odd kh, kw)."""
+    kh, kw = kernel.shape[2:]
+    pad = ((kh // 2, kh // 2), (kw // 2, kw // 2))
+    return jax.lax.conv_general_dilated(x[None], kernel.astype(x.dtype), (1, 1), pad,
+                                        dimension_numbers=("NCHW", "OIHW", "NCHW"))[0]
+
+
+@contextlib.contextmanager
+def conv_impl(impl: str):
+    """Trace `Conv2d` with `impl` ("shifted" or "lax") inside the block (jit-compiled
+    functions keep the implementation they were traced with)."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl: choose one of {CONV_IMPLS}, got {impl!r}")
+    _override.append(impl)
+    try:
+        yield
+    finally:
+        _override.pop()
 
 
 def init_conv(weight_shape, out_channels: int, fan_in: int, *, key, zero_init: bool = False):
@@ -50,6 +97,8 @@ class Conv2d(eqx.Module):
         self.kernel_size = kernel_size
 
     def __call__(self, x: Array) -> Array:
+        if current_conv_impl() == "lax":
+            return lax_conv_same(x, self.weight) + self.bias[:, None, None]
         k = self.kernel_size
         r = k // 2
         _, h, w = x.shape

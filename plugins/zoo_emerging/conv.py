@@ -11,12 +11,16 @@ scripts/bench_emerging.py on a shared, noisy 2-core machine (lax.conv vs shifted
 3x3 `conv_same` in conv_exp 17 vs 86 ms (1 x 28 x 28), 78 vs 116 ms (4 x 14 x 14),
 446 vs 92 ms (16 x 7 x 7); 2x2 `conv_causal` in emerging 2.7 vs 3.3 ms, 20 vs 8 ms,
 64 vs 13 ms. So `impl=None` picks `lax.conv` when in_channels * out_channels is
-at most `LAX_MAX_CHANNEL_PRODUCT[kind]`, else shifted matmuls.
+at most `LAX_MAX_CHANNEL_PRODUCT[kind]`, else shifted matmuls. On GPU and TPU
+`impl=None` is always `lax.conv` (the vendor's kernels); `zoo.nn.conv_impl` or
+$ZOO_CONV_IMPL overrides the choice.
 """
 
 import jax
 import jax.numpy as jnp
 from jax import Array
+
+from zoo.nn import conv_impl_override
 
 __all__ = ["conv_same", "conv_same_transpose", "conv_causal", "LAX_MAX_CHANNEL_PRODUCT"]
 
@@ -27,6 +31,9 @@ _DN = ("NCHW", "OIHW", "NCHW")
 def _use_lax(kernel: Array, impl: str | None, kind: str) -> bool:
     if impl not in (None, "lax", "shifted"):
         raise ValueError(f"impl must be None, 'lax' or 'shifted', got {impl!r}")
+    impl = impl or conv_impl_override()  # `zoo.nn.conv_impl` / $ZOO_CONV_IMPL
+    if impl is None and jax.default_backend() != "cpu":
+        return True  # the vendor's convolution on GPU/TPU
     if impl is None:
         return kernel.shape[0] * kernel.shape[1] <= LAX_MAX_CHANNEL_PRODUCT[kind]
     return impl == "lax"

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from zoo.nn import current_conv_impl, lax_conv_same
+
 __all__ = [
     "conv2d_same", "flip_kernel", "tap_counts", "conv_matrix", "conv_logdet_dense",
     "conv_logdet_blocks", "conv_solve_blocks", "dense_apply",
@@ -40,8 +42,10 @@ def dense_apply(w: Array, x: Array) -> Array:
 def conv2d_same(k: Array, x: Array) -> Array:
     """Stride-1 zero-padded "same" cross-correlation of one C x H x W image with
     kernel k (O, C, kh, kw), as kh*kw shifted matrix products (fast inside
-    `lax.scan` on XLA:CPU, see `zoo.nn`)."""
+    `lax.scan` on XLA:CPU, see `zoo.nn`); `lax.conv` on accelerators (`zoo.nn.current_conv_impl`)."""
     kh, kw = k.shape[2:]
+    if current_conv_impl() == "lax":
+        return lax_conv_same(x, k)
     if kh == 1 and kw == 1:
         return jnp.einsum("oc,chw->ohw", k[:, :, 0, 0], x)
     rh, rw = kh // 2, kw // 2
