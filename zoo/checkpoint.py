@@ -31,6 +31,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import types
 import typing
 import urllib.error
 import urllib.parse
@@ -170,6 +171,14 @@ def config_to_json(model_cfg) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(model_cfg)))
 
 
+def _is_tuple_hint(hint) -> bool:
+    """`tuple`, `tuple[...]`, or a union holding one (`tuple[int, ...] | None`)."""
+    origin = typing.get_origin(hint)
+    if hint is tuple or origin is tuple:
+        return True
+    return origin in (typing.Union, types.UnionType) and any(map(_is_tuple_hint, typing.get_args(hint)))
+
+
 def config_from_json(name: str, values: dict):
     """The registered config class of model `name`, with stored field values
     (JSON lists turned back into tuples where the field is a tuple)."""
@@ -186,8 +195,7 @@ def config_from_json(name: str, values: dict):
             f"{cls.__name__} lacks; install the plugin version it was saved with"
         )
     for k, v in values.items():
-        origin = typing.get_origin(hints.get(k))
-        if isinstance(v, list) and (hints.get(k) is tuple or origin is tuple):
+        if isinstance(v, list) and _is_tuple_hint(hints.get(k)):
             v = tuple(v)
         kwargs[k] = v
     return cls(**kwargs)

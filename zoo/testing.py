@@ -7,6 +7,10 @@
 Checks run in float64 on a copy whose parameters are randomly perturbed
 (`perturb`), so zero-initialised layers are not tested as the identity.
 Each failure raises `AssertionError` saying which property broke.
+
+Conditional layers and models (p(x | y)) are checked under a condition:
+`check_bijection(layer, x, condition=c)`; `check_flow` on a model with a
+`condition_shape` runs every check under two different conditions itself.
 """
 
 import equinox as eqx
@@ -14,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo.flow import call_with_key
+from zoo.flow import call_with_key, encode_condition
 
 __all__ = ["check_bijection", "check_flow", "brute_force_logdet", "example_input"]
 
@@ -79,18 +83,24 @@ def _neighbour(x, key):
     return 0.7 * x + 0.3 * other
 
 
+def _cond(condition) -> dict:
+    # unconditional models are called exactly as before: no `condition` keyword at all
+    return {} if condition is None else {"condition": condition}
+
+
 @eqx.filter_jit
-def _bijection_outputs(bij, x, x2):
+def _bijection_outputs(bij, x, x2, condition=None):
     # One compiled program for every quantity the check needs: op-by-op
     # dispatch of the same work is many times slower.
-    y, ld = bij.forward(x)
-    x_rec, ld_inv = bij.inverse(y)
-    brute = brute_force_logdet(lambda v: bij.forward(v)[0], x)
-    ys, lds = jax.vmap(bij.forward)(jnp.stack([x, x2]))
-    y2, ld2 = bij.forward(x2)
+    kw = _cond(condition)
+    y, ld = bij.forward(x, **kw)
+    x_rec, ld_inv = bij.inverse(y, **kw)
+    brute = brute_force_logdet(lambda v: bij.forward(v, **kw)[0], x)
+    ys, lds = jax.vmap(lambda v: bij.forward(v, **kw))(jnp.stack([x, x2]))
+    y2, ld2 = bij.forward(x2, **kw)
 
     def objective(b, v):
-        out, logdet = b.forward(v)
+        out, logdet = b.forward(v, **kw)
         return jnp.sum(jnp.tanh(out)) + logdet
 
     g_params = eqx.filter_grad(objective)(bij, x)
@@ -99,8 +109,16 @@ def _bijection_outputs(bij, x, x2):
                 g_params=g_params, g_x=g_x)
 
 
-def check_bijection(bijection, x, *, rtol=1e-5, atol=1e-7, perturb=0.1, key=None):
-    """Assert the bijection contract on one example `x`:
+def _condition64(condition):
+    if condition is None:
+        return None
+    c = jnp.asarray(condition)
+    return c.astype(jnp.float64) if jnp.issubdtype(c.dtype, jnp.floating) else c
+
+
+def check_bijection(bijection, x, *, condition=None, rtol=1e-5, atol=1e-7, perturb=0.1, key=None):
+    """Assert the bijection contract on one example `x` (under `condition`,
+    for a conditional layer: passed to `forward`/`inverse` as `condition=`):
     inverse(forward(x)) == x; forward log-det == slogdet of the Jacobian;
     inverse log-det == -forward log-det; it runs under jit, and vmap gives the
     per-example numbers; gradients w.r.t. parameters and input are finite."""
@@ -109,7 +127,7 @@ def check_bijection(bijection, x, *, rtol=1e-5, atol=1e-7, perturb=0.1, key=None
     with jax.enable_x64(True):
         bij = _perturb(_to64(bijection), perturb, k_perturb)
         x = jnp.asarray(x, jnp.float64)
-        out = _bijection_outputs(bij, x, _neighbour(x, k_other))
+        out = _bijection_outputs(bij, x, _neighbour(x, k_other), _condition64(condition))
         y, ld = out["y"], out["ld"]
         if jnp.shape(ld) != ():
             raise AssertionError(f"forward log-det must be a scalar, got shape {jnp.shape(ld)}")
@@ -127,35 +145,71 @@ def check_bijection(bijection, x, *, rtol=1e-5, atol=1e-7, perturb=0.1, key=None
 
 
 @eqx.filter_jit
-def _flow_outputs(model, x, x2, k_sample, k_loss):
+def _flow_outputs(model, x, x2, k_sample, k_loss, condition=None):
     out = {}
+    kw = _cond(condition)
     if hasattr(model, "base") and hasattr(model, "forward"):
-        z, ld = model.forward(x)
+        z, ld = model.forward(x, **kw)
         out["base_plus_logdet"] = model.base.log_prob(z) + ld
-    out["lp"] = call_with_key(model.log_prob, x, key=k_loss)
-    out["lps"] = jax.vmap(lambda v: call_with_key(model.log_prob, v, key=k_loss))(jnp.stack([x, x2]))
-    out["sample"] = model.sample(k_sample)
-    out["sample_cold"] = model.sample(k_sample, temperature=0.5)
-    loss_fn = lambda m: m.loss(x, key=k_loss)  # noqa: E731
+    out["lp"] = call_with_key(model.log_prob, x, key=k_loss, **kw)
+    out["lps"] = jax.vmap(lambda v: call_with_key(model.log_prob, v, key=k_loss, **kw))(jnp.stack([x, x2]))
+    out["sample"] = model.sample(k_sample, **kw)
+    out["sample_cold"] = model.sample(k_sample, temperature=0.5, **kw)
+    loss_fn = lambda m: m.loss(x, key=k_loss, **kw)  # noqa: E731
     (out["loss"], out["aux"]), out["grads"] = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
     return out
 
 
-def check_flow(model, x, *, rtol=1e-5, atol=1e-7, perturb=0.1, key=None, integrate_atol=0.03, grid=200):
+def _conditions(model, condition, key):
+    """The conditions to check a model under: [None] for an unconditional
+    model; for a conditional one `condition` (encoded) and a second, drawn one
+    (two drawn ones if `condition` is None), as float64 arrays of one shape so
+    both runs share one compiled program."""
+    shape = getattr(model, "condition_shape", None)
+    if shape is None:
+        return [condition]
+    k1, k2 = jax.random.split(jax.random.fold_in(key, 1))
+    first = jax.random.normal(k1, shape, jnp.float64) if condition is None else condition
+    return [encode_condition(first, shape, dtype=jnp.float64), jax.random.normal(k2, shape, jnp.float64)]
+
+
+def check_flow(
+    model, x, *, condition=None, rtol=1e-5, atol=1e-7, perturb=0.1, key=None, integrate_atol=0.03, grid=200
+):
     """Assert the model contract on one example `x`: `log_prob` is a finite
     scalar and vmap reproduces it; `sample` (also at temperature 0.5) has the
     data's shape; `loss(x, key=...)` returns (scalar, dict) with finite
     gradients; models with `forward`/`inverse` pass `check_bijection`, and
     those with a `base` satisfy log_prob = base.log_prob(z) + logdet; for
-    1-D/2-D data exp(log_prob) integrates to 1 over a grid."""
+    1-D/2-D data exp(log_prob) integrates to 1 over a grid.
+
+    A conditional model (one with a `condition_shape`) passes all of that
+    under each of two conditions, `condition` (default: drawn) and a drawn
+    one, and its log_prob(x) must differ between them."""
     key = jax.random.key(0) if key is None else key
     k_perturb, k_check, k_sample, k_loss, k_int = jax.random.split(key, 5)
     with jax.enable_x64(True):
         model = _perturb(_to64(model), perturb, k_perturb)
         x = jnp.asarray(x, jnp.float64)
+        keys = dict(k_check=k_check, k_sample=k_sample, k_loss=k_loss, k_int=k_int)
+        lps = [
+            _check_flow_under(model, x, c, rtol=rtol, atol=atol, integrate_atol=integrate_atol, grid=grid, **keys)
+            for c in _conditions(model, condition, k_check)
+        ]
+        if len(lps) > 1 and np.isclose(lps[0], lps[1], rtol=1e-9, atol=0.0):
+            raise AssertionError(
+                f"log_prob(x) is {lps[0]:.6g} under two different conditions: the condition has no effect "
+                "(does a container drop it? layers must declare `*, condition=None`)"
+            )
+    return model
+
+
+def _check_flow_under(model, x, condition, *, rtol, atol, integrate_atol, grid, k_check, k_sample, k_loss, k_int):
+    """check_flow's checks under one condition (None: unconditional); returns log_prob(x)."""
+    try:
         if hasattr(model, "forward") and hasattr(model, "inverse"):
-            check_bijection(model, x, rtol=rtol, atol=atol, perturb=0.0, key=k_check)
-        out = _flow_outputs(model, x, _neighbour(x, k_check), k_sample, k_loss)
+            check_bijection(model, x, condition=condition, rtol=rtol, atol=atol, perturb=0.0, key=k_check)
+        out = _flow_outputs(model, x, _neighbour(x, k_check), k_sample, k_loss, condition)
         lp = out["lp"]
         if jnp.shape(lp) != () or not bool(jnp.isfinite(lp)):
             raise AssertionError(f"log_prob must be a finite scalar, got {lp}")
@@ -172,28 +226,34 @@ def check_flow(model, x, *, rtol=1e-5, atol=1e-7, perturb=0.1, key=None, integra
         _finite("gradient of loss", out["grads"])
 
         if x.size <= 2 and integrate_atol is not None:
-            total = _grid_integral(model, x.shape, k_int, grid)
+            total = _grid_integral(model, x.shape, k_int, grid, condition)
             if abs(total - 1.0) > integrate_atol:
                 raise AssertionError(f"exp(log_prob) integrates to {total:.4f} over a grid, not 1")
-    return model
+    except AssertionError as e:
+        if condition is None:
+            raise
+        raise AssertionError(f"{e}\n(under condition {np.asarray(condition)})") from None
+    return float(lp)
 
 
 @eqx.filter_jit
-def _samples(model, key, n):
-    return jax.vmap(lambda k: model.sample(k))(jax.random.split(key, n))
+def _samples(model, key, n, condition=None):
+    kw = _cond(condition)
+    return jax.vmap(lambda k: model.sample(k, **kw))(jax.random.split(key, n))
 
 
 @eqx.filter_jit
-def _log_probs(model, pts, shape):
-    return jax.vmap(lambda v: model.log_prob(v.reshape(shape)))(pts)
+def _log_probs(model, pts, shape, condition=None):
+    kw = _cond(condition)
+    return jax.vmap(lambda v: model.log_prob(v.reshape(shape), **kw))(pts)
 
 
-def _grid_integral(model, shape, key, n):
-    samples = np.asarray(_samples(model, key, 4000)).reshape(4000, -1)
+def _grid_integral(model, shape, key, n, condition=None):
+    samples = np.asarray(_samples(model, key, 4000, condition)).reshape(4000, -1)
     lo = samples.min(0) - 3 * samples.std(0)
     hi = samples.max(0) + 3 * samples.std(0)
     axes = [np.linspace(a, b, n) for a, b in zip(lo, hi)]
     pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(axes))
-    lp = _log_probs(model, jnp.asarray(pts), shape)
+    lp = _log_probs(model, jnp.asarray(pts), shape, condition)
     cell = np.prod([(b - a) / (n - 1) for a, b in zip(lo, hi)])
     return float(jnp.sum(jnp.exp(lp)) * cell)

@@ -2,7 +2,8 @@
 
 Each model is a `zoo.Flow` over a standard normal. Its blocks are built
 structurally identical, so `Chain` stacks them into one `lax.scan` and
-compile time does not grow with `num_layers`.
+compile time does not grow with `num_layers`. With `condition_shape=(K,)`
+they model p(x | y): the condition goes into every coupling / MADE.
 """
 
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import jax
 
 from zoo.bijections import ActNorm, AffineCoupling, Chain, Permute, Reverse, SplineCoupling
 from zoo.distributions import StandardNormal
-from zoo.flow import Flow
+from zoo.flow import Flow, condition_size
 from zoo_classic.maf import MaskedAffine
 
 __all__ = ["RealNVPConfig", "MAFConfig", "NSFConfig"]
@@ -34,9 +35,10 @@ def _check_positive(model: str, **values) -> None:
         raise ValueError(f"{model}: these settings must be >= 1: {bad}")
 
 
-def _flow(blocks, shape) -> Flow:
+def _flow(blocks, shape, condition_shape) -> Flow:
     # flatten the per-block lists; Chain finds the repeated block and scans it
-    return Flow(Chain([layer for block in blocks for layer in block]), StandardNormal(shape))
+    layers = [layer for block in blocks for layer in block]
+    return Flow(Chain(layers), StandardNormal(shape), condition_shape=condition_shape)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class RealNVPConfig:
     """Put a data-initialised ActNorm at the start of every block."""
     permutation: Literal["reverse", "random"] = "reverse"
     """Feature permutation ending each block: reverse the order, or a fixed random permutation."""
+    condition_shape: tuple[int, ...] | None = None
+    """Model p(x | y) given a condition of shape (K,): K classes (integer labels, one-hot encoded) or a K-vector."""
 
     example_input_shape: ClassVar[tuple] = (2,)
     input_kinds: ClassVar[tuple] = ("vector",)
@@ -62,14 +66,19 @@ class RealNVPConfig:
     def build(self, *, input_shape, key) -> Flow:
         shape = _vector_shape("realnvp", input_shape)
         _check_positive("realnvp", num_layers=self.num_layers, width=self.width)
+        cs = condition_size(self.condition_shape, model="realnvp")
         blocks = []
         for k in jax.random.split(key, self.num_layers):
             k_coupling, k_perm = jax.random.split(k)
             block = [ActNorm(shape)] if self.actnorm else []
-            block.append(AffineCoupling(shape, key=k_coupling, scale="exp", width=self.width, depth=self.depth))
+            block.append(
+                AffineCoupling(
+                    shape, key=k_coupling, scale="exp", width=self.width, depth=self.depth, condition_size=cs
+                )
+            )
             block.append(Reverse(shape) if self.permutation == "reverse" else Permute(shape, key=k_perm))
             blocks.append(block)
-        return _flow(blocks, shape)
+        return _flow(blocks, shape, self.condition_shape)
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,8 @@ class MAFConfig:
     """Hidden layers of each MADE."""
     actnorm: bool = True
     """Put a data-initialised ActNorm before every MADE layer (in place of MAF's batch norm)."""
+    condition_shape: tuple[int, ...] | None = None
+    """Model p(x | y) given a condition of shape (K,): K classes (integer labels, one-hot encoded) or a K-vector."""
 
     example_input_shape: ClassVar[tuple] = (2,)
     input_kinds: ClassVar[tuple] = ("vector",)
@@ -93,12 +104,16 @@ class MAFConfig:
     def build(self, *, input_shape, key) -> Flow:
         shape = _vector_shape("maf", input_shape)
         _check_positive("maf", num_layers=self.num_layers, width=self.width)
+        cs = condition_size(self.condition_shape, model="maf")
         blocks = []
         for k in jax.random.split(key, self.num_layers):
             block = [ActNorm(shape)] if self.actnorm else []
-            block += [MaskedAffine(shape, key=k, width=self.width, depth=self.depth), Reverse(shape)]
+            block += [
+                MaskedAffine(shape, key=k, width=self.width, depth=self.depth, condition_size=cs),
+                Reverse(shape),
+            ]
             blocks.append(block)
-        return _flow(blocks, shape)
+        return _flow(blocks, shape, self.condition_shape)
 
 
 @dataclass(frozen=True)
@@ -118,6 +133,8 @@ class NSFConfig:
     """Hidden layers of each coupling's MLP conditioner."""
     actnorm: bool = True
     """Put a data-initialised ActNorm at the start of every block."""
+    condition_shape: tuple[int, ...] | None = None
+    """Model p(x | y) given a condition of shape (K,): K classes (integer labels, one-hot encoded) or a K-vector."""
 
     example_input_shape: ClassVar[tuple] = (2,)
     input_kinds: ClassVar[tuple] = ("vector",)
@@ -128,14 +145,21 @@ class NSFConfig:
         _check_positive("nsf", num_layers=self.num_layers, num_bins=self.num_bins, width=self.width)
         if self.tail_bound <= 0:
             raise ValueError(f"nsf: tail_bound must be > 0, got {self.tail_bound}")
+        cs = condition_size(self.condition_shape, model="nsf")
         blocks = []
         for k in jax.random.split(key, self.num_layers):
             block = [ActNorm(shape)] if self.actnorm else []
             block.append(
                 SplineCoupling(
-                    shape, key=k, num_bins=self.num_bins, tail_bound=self.tail_bound, width=self.width, depth=self.depth
+                    shape,
+                    key=k,
+                    num_bins=self.num_bins,
+                    tail_bound=self.tail_bound,
+                    width=self.width,
+                    depth=self.depth,
+                    condition_size=cs,
                 )
             )
             block.append(Reverse(shape))
             blocks.append(block)
-        return _flow(blocks, shape)
+        return _flow(blocks, shape, self.condition_shape)

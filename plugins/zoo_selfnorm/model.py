@@ -23,6 +23,8 @@ gives it the self-normalized training objective and GECO.
   them alone (zero gradients); lr = 0 keeps lambda fixed.
 * `sample` uses the fast approximate inverse through R (`approx_sample`,
   as the reference samples) or the exact inverse.
+* A conditional wrapped model (`condition_shape` set, e.g. selfnorm_glow with
+  `condition_shape`) gets `condition=` through every method.
 """
 
 import math
@@ -114,6 +116,11 @@ def geco_update(lam, ema, rec, *, lr, alpha, tolerance):
     return lam * jnp.exp(lr * (ema - tolerance)), ema
 
 
+def _cond(condition) -> dict:
+    # an unconditional inner model is called exactly as before, without the keyword
+    return {} if condition is None else {"condition": condition}
+
+
 def _one_hot_tangents(probes):
     """Stacked one-hot tangents for a list of probe arrays: row i is 1 at the i-th of
     their concatenated entries (model order, stacked layers in stack order)."""
@@ -131,35 +138,39 @@ class SelfNormModel(eqx.Module):
     geco_tolerance: float = eqx.field(static=True, default=0.0)
     approx_sample: bool = eqx.field(static=True, default=True)
 
+    @property
+    def condition_shape(self):
+        return getattr(self.model, "condition_shape", None)
+
     # -- evaluation: exact
     def log_prob(self, x, **kwargs):
         return self.model.log_prob(x, **kwargs)
 
-    def forward(self, x):
-        return self.model.forward(x)
+    def forward(self, x, *, condition=None):
+        return self.model.forward(x, **_cond(condition))
 
-    def inverse(self, z):
-        return self.model.inverse(z)
+    def inverse(self, z, *, condition=None):
+        return self.model.inverse(z, **_cond(condition))
 
-    def bits_per_dim(self, x, *, n_bits: int = 8):
+    def bits_per_dim(self, x, *, condition=None, n_bits: int = 8):
         from zoo.flow import bits_per_dim
 
-        return bits_per_dim(self.log_prob(x), x.size, n_bits=n_bits)
+        return bits_per_dim(self.log_prob(x, **_cond(condition)), x.size, n_bits=n_bits)
 
-    def sample(self, key, *, temperature: float = 1.0, exact: bool | None = None):
+    def sample(self, key, *, condition=None, temperature: float = 1.0, exact: bool | None = None):
         """One sample; through R (fast) if `approx_sample`, else (or with exact=True) the true inverse."""
         exact = (not self.approx_sample) if exact is None else exact
         model = self.model if exact else _replace(self.model, _ApproxInverseView)
-        return model.sample(key, temperature=temperature)
+        return model.sample(key, temperature=temperature, **_cond(condition))
 
-    def data_init(self, xs):
+    def data_init(self, xs, *, condition=None):
         if hasattr(self.model, "data_init"):
-            inner, zs = self.model.data_init(xs)
+            inner, zs = self.model.data_init(xs, **_cond(condition))
             return eqx.tree_at(lambda m: m.model, self, inner), zs
         return self, xs
 
     # -- training: self-normalized
-    def loss(self, x, *, key=None):
+    def loss(self, x, *, key=None, condition=None):
         layers = snf_layers(self.model)
         dtype = layers[0].weight.dtype if layers else x.dtype
         probes = [jnp.zeros(stack_shape(layer), dtype) for layer in layers]
@@ -167,7 +178,7 @@ class SelfNormModel(eqx.Module):
         def nll(model, probes):
             it = iter(probes)
             view = _replace(model, lambda layer: _TrainView(layer, next(it)))
-            return -call_with_key(view.log_prob, x, key=key)
+            return -call_with_key(view.log_prob, x, key=key, **_cond(condition))
 
         if not layers:
             loss = nll(self.model, probes)

@@ -1,7 +1,18 @@
 """The bijection contract and the generic layers every family reuses."""
 
 from zoo.bijections.actnorm import ActNorm
-from zoo.bijections.base import Bijection, Chain, Identity, Invert, Scan, after_update, data_init, stack
+from zoo.bijections.base import (
+    Bijection,
+    Chain,
+    Identity,
+    Invert,
+    Scan,
+    after_update,
+    call,
+    data_init,
+    stack,
+    takes_condition,
+)
 from zoo.bijections.coupling import (
     AdditiveCoupling,
     AffineCoupling,
@@ -17,6 +28,7 @@ from zoo.bijections.spline import RationalQuadraticSpline, rq_spline
 
 __all__ = [
     "Bijection", "Chain", "Scan", "Invert", "Identity", "data_init", "after_update", "stack",
+    "call", "takes_condition",
     "Affine", "ActNorm", "LULinear", "Reverse", "Permute", "Squeeze", "Logit", "Sigmoid",
     "AffineCoupling", "AdditiveCoupling", "SplineCoupling", "MLPConditioner", "ConvConditioner",
     "RationalQuadraticSpline", "rq_spline",

@@ -4,9 +4,18 @@ A `Bijection` acts on ONE unbatched example (batch with `jax.vmap`).
 `forward` is the normalizing direction (data -> base space) and returns
 `(y, logdet)` with `logdet = log|det dy/dx|` a scalar; `inverse` returns
 `(x, logdet)` with `logdet = log|det dx/dy|` (so it is minus the forward one).
+
+Conditional layers (p(x | y)) declare a keyword-only `condition` on
+`forward`/`inverse` (`def forward(self, x, *, condition=None)`); containers
+hand it on with `call`, which passes it only to methods that declare it, so
+unconditional layers (`forward(self, x)`) are called exactly as before. The
+condition arrives encoded: a float array of the model's `condition_shape`
+(see `zoo.flow.encode_condition`).
 """
 
 import abc
+import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +24,43 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-__all__ = ["Bijection", "Chain", "Scan", "Invert", "Identity", "data_init", "after_update", "stack"]
+__all__ = [
+    "Bijection", "Chain", "Scan", "Invert", "Identity", "data_init", "after_update", "stack",
+    "call", "takes_condition",
+]
+
+
+@functools.cache
+def _declares_condition(cls: type, method: str) -> bool:
+    try:
+        params = inspect.signature(getattr(cls, method)).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+    p = params.get("condition")
+    return p is not None and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+
+
+def takes_condition(layer, method: str = "forward") -> bool:
+    """Whether `layer.<method>` declares a `condition` argument (by signature,
+    at trace time; `**kwargs` does not count)."""
+    return _declares_condition(type(layer), method)
+
+
+def call(layer, method: str, x, condition=None):
+    """`layer.<method>(x, condition=condition)` if the method declares
+    `condition` and one is given, else `layer.<method>(x)` exactly as an
+    unconditional layer expects. Every container calls its sub-layers this way."""
+    fn = getattr(layer, method)
+    if condition is not None and _declares_condition(type(layer), method):
+        return fn(x, condition=condition)
+    return fn(x)
+
+
+def _vmap_call(layer, method: str, xs, conditions=None):
+    """`call` over a batch: `xs` and `conditions` (if any) share the leading axis."""
+    if conditions is None:
+        return jax.vmap(getattr(layer, method))(xs)
+    return jax.vmap(lambda x, c: call(layer, method, x, c))(xs, conditions)
 
 
 class Bijection(eqx.Module):
@@ -29,16 +74,18 @@ class Bijection(eqx.Module):
     def inverse(self, y: Array) -> tuple[Array, Array]:
         """Base -> data direction. Returns `(x, log|det dx/dy|)`."""
 
-    def data_init(self, xs: Array) -> tuple["Bijection", Array]:
-        """Data-dependent initialisation on a batch `xs` (leading batch axis).
+    def data_init(self, xs: Array, *, condition: Array | None = None) -> tuple["Bijection", Array]:
+        """Data-dependent initialisation on a batch `xs` (leading batch axis),
+        with the batch of encoded conditions `condition` for conditional models.
 
         Returns the initialised bijection and its forward outputs on `xs`, so
         containers can initialise the next layer on what this one produces.
         Pure: run it under `jit` on the global (sharded) batch and the
         statistics are global. Layers without data-dependent state keep the
-        default, which changes nothing.
+        default, which changes nothing. Containers call it with `call`, so an
+        override that omits `condition` still works in unconditional models.
         """
-        return self, jax.vmap(self.forward)(xs)[0]
+        return self, _vmap_call(self, "forward", xs, condition)[0]
 
     def after_update(self) -> "Bijection":
         """Refresh state the optimizer does not train (e.g. power-iteration
@@ -48,13 +95,15 @@ class Bijection(eqx.Module):
         return self
 
 
-def data_init(model: Any, batch: Array) -> Any:
+def data_init(model: Any, batch: Array, *, condition: Array | None = None) -> Any:
     """Return `model` with every data-dependent layer (e.g. ActNorm) initialised
-    from `batch` (leading batch axis). Models without such layers come back
+    from `batch` (leading batch axis); a conditional model also needs the
+    batch's conditions (`condition`, same leading axis, as `log_prob` takes
+    them, e.g. integer labels). Models without such layers come back
     unchanged. Pure: jit it with `eqx.filter_jit(zoo.data_init)` (plain
     `jax.jit` rejects the non-array leaves of a module)."""
     if hasattr(model, "data_init"):
-        return model.data_init(batch)[0]
+        return call(model, "data_init", batch, condition)[0]
     return model
 
 
@@ -93,15 +142,15 @@ class Invert(Bijection):
 
     bijection: Bijection
 
-    def forward(self, x):
-        return self.bijection.inverse(x)
+    def forward(self, x, *, condition=None):
+        return call(self.bijection, "inverse", x, condition)
 
-    def inverse(self, y):
-        return self.bijection.forward(y)
+    def inverse(self, y, *, condition=None):
+        return call(self.bijection, "forward", y, condition)
 
-    def data_init(self, xs):
+    def data_init(self, xs, *, condition=None):
         # An inverted layer has no forward-direction statistics to fit.
-        return self, jax.vmap(self.forward)(xs)[0]
+        return self, _vmap_call(self, "forward", xs, condition)[0]
 
 
 def _signature(layer) -> tuple:
@@ -148,12 +197,12 @@ class Scan(Bijection):
     def _split(self):
         return eqx.partition(self.stacked, eqx.is_array)
 
-    def _run(self, x, direction: str, reverse: bool):
+    def _run(self, x, direction: str, reverse: bool, condition):
         params, static = self._split()
 
         def body(carry, p):
             h, total = carry
-            h, ld = getattr(eqx.combine(p, static), direction)(h)
+            h, ld = call(eqx.combine(p, static), direction, h, condition)  # condition: shared, not scanned
             return (h, total + ld), None
 
         (y, logdet), _ = jax.lax.scan(
@@ -161,22 +210,22 @@ class Scan(Bijection):
         )
         return y, logdet
 
-    def forward(self, x):
-        return self._run(x, "forward", reverse=False)
+    def forward(self, x, *, condition=None):
+        return self._run(x, "forward", reverse=False, condition=condition)
 
-    def inverse(self, y):
-        return self._run(y, "inverse", reverse=True)
+    def inverse(self, y, *, condition=None):
+        return self._run(y, "inverse", reverse=True, condition=condition)
 
     def layer(self, i: int) -> Bijection:
         """The `i`-th layer as a plain module."""
         params, static = self._split()
         return eqx.combine(jax.tree.map(lambda a: a[i], params), static)
 
-    def data_init(self, xs):
+    def data_init(self, xs, *, condition=None):
         params, static = self._split()
 
         def body(h, p):
-            new_layer, h = eqx.combine(p, static).data_init(h)
+            new_layer, h = call(eqx.combine(p, static), "data_init", h, condition)
             return h, eqx.filter(new_layer, eqx.is_array)
 
         ys, new_params = jax.lax.scan(body, xs, params)
@@ -224,23 +273,23 @@ class Chain(Bijection):
                 raise TypeError(f"Chain: element {i} is a {type(b).__name__}, not a Bijection")
         self.layers = tuple(_group(bijections) if scan and len(bijections) > 1 else bijections)
 
-    def forward(self, x):
+    def forward(self, x, *, condition=None):
         total = jnp.zeros((), x.dtype)
         for layer in self.layers:
-            x, ld = layer.forward(x)
+            x, ld = call(layer, "forward", x, condition)
             total = total + ld
         return x, total
 
-    def inverse(self, y):
+    def inverse(self, y, *, condition=None):
         total = jnp.zeros((), y.dtype)
         for layer in reversed(self.layers):
-            y, ld = layer.inverse(y)
+            y, ld = call(layer, "inverse", y, condition)
             total = total + ld
         return y, total
 
-    def data_init(self, xs):
+    def data_init(self, xs, *, condition=None):
         new = []
         for layer in self.layers:
-            layer, xs = layer.data_init(xs)
+            layer, xs = call(layer, "data_init", xs, condition)
             new.append(layer)
         return eqx.tree_at(lambda c: c.layers, self, tuple(new)), xs

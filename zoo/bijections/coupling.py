@@ -4,8 +4,15 @@ The conditioner is any `eqx.Module` mapping the first part `x1` (shape
 `(d1, *rest)`) to the transform's parameters (shape `(n * d2, *rest)`).
 Vectors get an MLP by default and C x H x W images Glow's conv net; both end
 in a zero-initialised layer, so every coupling starts as a fixed map.
+
+With `condition_size > 0` the coupling models p(x | y): `forward`/`inverse`
+need `condition=` (a float vector of that size) and the conditioner sees it
+next to `x1`: concatenated for vectors, broadcast to `condition_size` extra
+H x W channels for images (so a custom conditioner takes `d1 + condition_size`
+inputs).
 """
 
+import operator
 from typing import ClassVar
 
 import equinox as eqx
@@ -66,13 +73,14 @@ class ConvConditioner(eqx.Module):
         return self.conv_out(h)
 
 
-def default_conditioner(shape, split, out_per_element, *, width, depth, key):
-    """MLP for 1-D `shape`, Glow conv net for 3-D (C, H, W)."""
+def default_conditioner(shape, split, out_per_element, *, width, depth, key, condition_size=0):
+    """MLP for 1-D `shape`, Glow conv net for 3-D (C, H, W); `condition_size`
+    extra inputs (features or channels) carry the condition."""
     d1, d2 = split, shape[0] - split
     if len(shape) == 1:
-        return MLPConditioner(d1, d2 * out_per_element, width=width, depth=depth, key=key)
+        return MLPConditioner(d1 + condition_size, d2 * out_per_element, width=width, depth=depth, key=key)
     if len(shape) == 3:
-        return ConvConditioner(d1, d2 * out_per_element, width=width, key=key)
+        return ConvConditioner(d1 + condition_size, d2 * out_per_element, width=width, key=key)
     raise ValueError(f"no default conditioner for event shape {shape}; pass `conditioner=`")
 
 
@@ -84,23 +92,50 @@ def _check_split(shape, split):
     return split
 
 
+def _check_condition_size(condition_size) -> int:
+    try:
+        k = operator.index(condition_size)
+    except TypeError:
+        k = -1
+    if k < 0:
+        raise ValueError(f"coupling: condition_size must be an int >= 0, got {condition_size!r}")
+    return k
+
+
 class _Coupling(Bijection):
     conditioner: eqx.Module
     split: int = eqx.field(static=True)
+    condition_size: int = eqx.field(static=True, default=0, kw_only=True)
 
-    def _params(self, x1, n):
-        h = self.conditioner(x1)
+    def _conditioner_input(self, x1, condition):
+        if not self.condition_size:
+            return x1  # unconditional: any condition handed down is not ours to use
+        if condition is None:
+            raise ValueError(
+                f"{type(self).__name__} was built with condition_size={self.condition_size}; pass condition="
+            )
+        if condition.shape != (self.condition_size,):
+            raise ValueError(
+                f"{type(self).__name__}: condition must have shape ({self.condition_size},), got {condition.shape}"
+            )
+        c = condition.astype(x1.dtype)
+        if x1.ndim > 1:  # images: one constant extra channel per condition entry
+            c = jnp.broadcast_to(c.reshape(c.shape + (1,) * (x1.ndim - 1)), c.shape + x1.shape[1:])
+        return jnp.concatenate([x1, c], axis=0)
+
+    def _params(self, x1, n, condition=None):
+        h = self.conditioner(self._conditioner_input(x1, condition))
         d2 = h.shape[0] // n
         return h.reshape((n, d2) + h.shape[1:])
 
-    def forward(self, x):
+    def forward(self, x, *, condition=None):
         x1, x2 = x[: self.split], x[self.split :]
-        y2, logdet = self._transform(x2, self._params(x1, self.n_params), inverse=False)
+        y2, logdet = self._transform(x2, self._params(x1, self.n_params, condition), inverse=False)
         return jnp.concatenate([x1, y2], axis=0), logdet
 
-    def inverse(self, y):
+    def inverse(self, y, *, condition=None):
         y1, y2 = y[: self.split], y[self.split :]
-        x2, logdet = self._transform(y2, self._params(y1, self.n_params), inverse=True)
+        x2, logdet = self._transform(y2, self._params(y1, self.n_params, condition), inverse=True)
         return jnp.concatenate([y1, x2], axis=0), logdet
 
 
@@ -120,12 +155,15 @@ class AffineCoupling(_Coupling):
     n_params: ClassVar[int] = 2
     example_shape: ClassVar = (4,)
 
-    def __init__(self, shape, *, key, conditioner=None, split=None, scale="sigmoid", width=64, depth=2):
+    def __init__(
+        self, shape, *, key, conditioner=None, split=None, scale="sigmoid", width=64, depth=2, condition_size=0
+    ):
         self.split = _check_split(shape, split)
         _scale(jnp.zeros(()), scale)
         self.scale = scale
+        self.condition_size = _check_condition_size(condition_size)
         self.conditioner = conditioner or default_conditioner(
-            shape, self.split, 2, width=width, depth=depth, key=key
+            shape, self.split, 2, width=width, depth=depth, key=key, condition_size=condition_size
         )
 
     def _transform(self, x2, p, inverse):
@@ -141,10 +179,11 @@ class AdditiveCoupling(_Coupling):
     n_params: ClassVar[int] = 1
     example_shape: ClassVar = (2, 2, 2)
 
-    def __init__(self, shape, *, key, conditioner=None, split=None, width=64, depth=2):
+    def __init__(self, shape, *, key, conditioner=None, split=None, width=64, depth=2, condition_size=0):
         self.split = _check_split(shape, split)
+        self.condition_size = _check_condition_size(condition_size)
         self.conditioner = conditioner or default_conditioner(
-            shape, self.split, 1, width=width, depth=depth, key=key
+            shape, self.split, 1, width=width, depth=depth, key=key, condition_size=condition_size
         )
 
     def _transform(self, x2, p, inverse):
@@ -161,13 +200,24 @@ class SplineCoupling(_Coupling):
     example_shape: ClassVar = (4,)
 
     def __init__(
-        self, shape, *, key, conditioner=None, split=None, num_bins=8, tail_bound=3.0, width=64, depth=2
+        self,
+        shape,
+        *,
+        key,
+        conditioner=None,
+        split=None,
+        num_bins=8,
+        tail_bound=3.0,
+        width=64,
+        depth=2,
+        condition_size=0,
     ):
         self.split = _check_split(shape, split)
         self.tail_bound = float(tail_bound)
         self.n_params = num_spline_params(num_bins)
+        self.condition_size = _check_condition_size(condition_size)
         self.conditioner = conditioner or default_conditioner(
-            shape, self.split, self.n_params, width=width, depth=depth, key=key
+            shape, self.split, self.n_params, width=width, depth=depth, key=key, condition_size=condition_size
         )
 
     def _transform(self, x2, p, inverse):
