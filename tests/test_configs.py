@@ -35,7 +35,9 @@ def test_preset_traces_a_full_size_training_step(preset):
     shape = tuple(zoo.get_dataset(data).shape)
     x, mask = jax.ShapeDtypeStruct((2, *shape), jnp.float32), jax.ShapeDtypeStruct((2,), jnp.bool_)
     net = eqx.filter_eval_shape(model_cfg.build, input_shape=shape, key=jax.random.key(0))
-    net = eqx.filter_eval_shape(zoo.data_init, net, x)
+    labels = {"condition": jax.ShapeDtypeStruct((2,), jnp.int32)} if cfg.conditional else {}
+    net = eqx.filter_eval_shape(zoo.data_init, net, x, **labels)
+    x = (x, labels["condition"]) if cfg.conditional else x
     params, static = eqx.partition(net, _is_float_struct)
     # integer arrays (permutations, masks) are constants of the step, as in the trainer
     static = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype) if isinstance(a, jax.ShapeDtypeStruct) else a, static)
@@ -98,7 +100,9 @@ def test_architecture_trains_two_small_steps(presets):
     rng = np.random.default_rng(0)
     mesh = make_mesh()
     net = model_cfg.build(input_shape=shape, key=jax.random.key(0))
-    net = eqx.filter_jit(zoo.data_init)(net, global_batch(mesh, _fake_batch(kind, shape, 4, rng)))
+    labels = (lambda n: {"condition": global_batch(mesh, np.arange(n, dtype=np.int32) % model_cfg.condition_shape[0])}
+              if cfg.conditional else {})
+    net = eqx.filter_jit(zoo.data_init)(net, global_batch(mesh, _fake_batch(kind, shape, 4, rng)), **labels(4))
     params, static = eqx.partition(net, eqx.is_inexact_array)
     optimizer = make_optimizer(cfg, steps_per_epoch=2, total_steps=2)
     step = make_train_step(static, optimizer, mesh)
@@ -106,8 +110,10 @@ def test_architecture_trains_two_small_steps(presets):
     before = [np.asarray(a).copy() for a in jax.tree.leaves(params)]
     mask = np.ones(2, bool)
     for i in range(1, 3):
-        params, opt_state, metrics = step(params, opt_state, global_batch(mesh, _fake_batch(kind, shape, 2, rng)),
-                                          global_batch(mesh, mask), jax.random.key(i), jnp.asarray(i, jnp.int32))
+        x = global_batch(mesh, _fake_batch(kind, shape, 2, rng))
+        x = (x, labels(2)["condition"]) if cfg.conditional else x
+        params, opt_state, metrics = step(params, opt_state, x, global_batch(mesh, mask), jax.random.key(i),
+                                          jnp.asarray(i, jnp.int32))
         assert np.isfinite(float(metrics["loss"])), (presets, i, metrics)
         assert int(metrics["nonfinite"]) == 0, (presets, i)
     after = jax.tree.leaves(params)

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import difflib
 import sys
+import typing
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -56,6 +57,10 @@ def _replace(kind: str, obj, values: dict):
     unknown = sorted(set(values) - fields)
     if unknown:
         _fail(f"{kind} has no field(s) {unknown}; valid: {', '.join(sorted(fields))}")
+    from zoo.checkpoint import _is_tuple_hint
+
+    hints = typing.get_type_hints(type(obj))
+    values = {k: tuple(v) if isinstance(v, list) and _is_tuple_hint(hints.get(k)) else v for k, v in values.items()}
     return dataclasses.replace(obj, **values)
 
 
