@@ -221,8 +221,9 @@ class SplineCoupling(_Coupling):
         )
 
     def _transform(self, x2, p, inverse):
-        num_bins = (self.n_params + 1) // 3
-        # zero conditioner output -> identity derivatives at the knots
-        p = p.at[2 * num_bins :].add(IDENTITY_DERIVATIVE)
-        y2, ld = rq_spline(x2, jnp.moveaxis(p, 0, -1), tail_bound=self.tail_bound, inverse=inverse)
+        # zero conditioner output -> identity derivatives at the knots (shifted inside the softplus, p is not copied)
+        y2, ld = rq_spline(
+            x2, jnp.moveaxis(p, 0, -1), tail_bound=self.tail_bound, inverse=inverse,
+            derivative_shift=IDENTITY_DERIVATIVE,
+        )
         return y2, jnp.sum(ld)
