@@ -13,7 +13,7 @@ import pytest
 import zoo
 from zoo.testing import brute_force_logdet, check_bijection, check_flow, example_input
 from zoo_planar_vae.energies import ENERGIES, U1, U2, PlanarFlowDensity, fit_planar, log_partition, reverse_kl
-from zoo_planar_vae.flows import Planar, Radial, planar, planar_inverse, planar_u_hat
+from zoo_planar_vae.flows import Planar, Radial, planar, planar_inverse, planar_root, planar_u_hat
 from zoo_planar_vae.model import PlanarVAEConfig, beta_schedule
 
 
@@ -122,6 +122,44 @@ def test_planar_inverse_parameter_gradients_match_finite_differences():
                 args_m[i] = jnp.asarray((flat - d).reshape(np.shape(p)))
                 fd = (f(*args_p) - f(*args_m)) / (2 * eps)
                 np.testing.assert_allclose(np.atleast_1d(np.asarray(grads[i]))[j], fd, rtol=1e-5, atol=1e-7)
+
+
+def test_planar_in_the_density_direction_is_the_same_map_with_the_roles_swapped():
+    x = jax.random.normal(jax.random.key(4), (4,))
+    sample = zoo.create_layer("planar", key=jax.random.key(1), shape=(4,))
+    density = zoo.create_layer("planar", key=jax.random.key(1), shape=(4,), direction="density")
+    assert sample.direction == "sample"  # the default is unchanged
+    for layer in (sample, density):
+        check_bijection(layer, x)
+    # the closed-form map f is density.forward and sample.inverse; the root-find the other two
+    for got, want in ((density.forward(x), sample.inverse(x)), (density.inverse(x), sample.forward(x))):
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(ValueError, match="direction"):
+        Planar((4,), key=jax.random.key(1), direction="normalizing")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_planar_root_find_stops_when_converged(dtype):
+    # safeguarded Newton: a handful of steps where 100 bisections ran before, same accuracy
+    rng = np.random.default_rng(5)
+    iters, errors = [], []
+    with jax.enable_x64(dtype == jnp.float64):
+        for w_scale in (3.0, 1.0, 1e-2):
+            for i in range(30):
+                u, w, b = (jnp.asarray(v, dtype) for v in _random_planar(rng, 4, w_scale))
+                u = u.at[0].set(-40.0) if i % 3 == 0 else u  # s near 0: g' near 0 at the inflection
+                y = jnp.asarray(rng.normal(size=4) * 2, dtype)
+                _, s = planar_u_hat(u, w)
+                _, n = planar_root(w @ y, s, b)
+                z, _ = planar_inverse(y, u, w, b)
+                iters.append(int(n))
+                errors.append(float(jnp.max(jnp.abs(planar(z, u, w, b)[0] - y))) / (1 + float(jnp.max(jnp.abs(u)))))
+        assert np.median(iters) <= 6 and max(iters) <= 16, (np.median(iters), max(iters))
+        assert max(errors) < 1000 * float(jnp.finfo(dtype).eps), max(errors)  # f(f^-1(y)) = y
+        # the cap holds; w = 0 (a shift) needs one step
+        assert int(planar_root(jnp.asarray(0.3, dtype), jnp.asarray(1e-3, dtype), jnp.asarray(0.0, dtype), max_iters=2)[1]) == 2
+        assert int(planar_root(jnp.asarray(0.3, dtype), jnp.asarray(1.0, dtype), jnp.asarray(0.5, dtype))[1]) == 1
 
 
 def test_radial_matches_paper_formulas_and_inverts_at_centre():

@@ -4,12 +4,13 @@ Both maps are written for the SAMPLING direction z -> f(z) (base noise z0 to
 zK), where the log-determinant is closed-form. In zoo's convention that is a
 bijection's `inverse` (base -> data), so `Planar.inverse` / `Radial.inverse`
 are the paper's maps and `forward` (data -> base, the normalizing direction)
-is f^-1: for planar flows a scalar root-find along w (bisection to machine
-precision, then one implicit-function step so gradients are exact), for radial
-flows the root of a quadratic. The pure functions (`planar`, `planar_inverse`,
-`radial`, `radial_inverse`) take the parameters explicitly, so the same code
-serves fixed learned parameters (density fitting) and parameters predicted per
-example by an encoder (the amortised VAE).
+is f^-1: for planar flows a scalar root-find along w (safeguarded Newton to
+machine precision, then one implicit-function step so gradients are exact),
+for radial flows the root of a quadratic. `Planar(direction="density")` swaps
+the two: f becomes the normalizing `forward`. The pure functions (`planar`,
+`planar_inverse`, `radial`, `radial_inverse`) take the parameters explicitly,
+so the same code serves fixed learned parameters (density fitting) and
+parameters predicted per example by an encoder (the amortised VAE).
 
 Raw parameters are unconstrained; the invertibility constraints are applied
 inside: planar u -> u_hat with w.u_hat = m(w.u), m(a) = -1 + softplus(a) > -1;
@@ -19,7 +20,7 @@ treated as flat vectors).
 """
 
 import math
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import equinox as eqx
 import jax
@@ -32,6 +33,7 @@ __all__ = [
     "planar_u_hat",
     "planar",
     "planar_inverse",
+    "planar_root",
     "radial",
     "radial_inverse",
     "Planar",
@@ -77,35 +79,62 @@ def planar(z: Array, u: Array, w: Array, b: Array) -> tuple[Array, Array]:
     return z + u_hat * jnp.tanh(t), jnp.log(_planar_jacobian_factor(t, s))
 
 
-def planar_inverse(y: Array, u: Array, w: Array, b: Array, *, iters: int = 100) -> tuple[Array, Array]:
+def _planar_g(alpha, c, s, b):
+    # f(z) = y along w: alpha = w.z solves g(alpha) = 0
+    return alpha + (s - 1.0) * jnp.tanh(alpha + b) - c
+
+
+def planar_root(c: Array, s: Array, b: Array, *, max_iters: int = 100) -> tuple[Array, Array]:
+    """The root alpha of g(alpha) = alpha + (s - 1) tanh(alpha + b) - c, and
+    the iterations taken (a debugging aid: typically 3-6).
+
+    g is strictly increasing (g' = tanh^2 + s sech^2 > 0) and its root lies in
+    c -+ |s - 1|. Newton steps from c, safeguarded by that bracket (Numerical
+    Recipes' rtsafe): a bisection instead whenever the step would leave the
+    bracket or not halve the step before last. It stops once a step is below
+    the dtype's machine precision of g's terms, or after `max_iters` steps.
+    Not differentiable (a `while_loop`); see `planar_inverse` for gradients."""
+    half = jnp.abs(s - 1.0)
+    eps = jnp.finfo(jnp.result_type(c, s, b)).eps
+
+    def step(state):  # state: iterate, bracket, last two step sizes, converged, count
+        x, lo, hi, dx, dx_before, _, i = state
+        gx = _planar_g(x, c, s, b)
+        dg = _planar_jacobian_factor(x + b, s)
+        lo, hi = jnp.where(gx < 0, x, lo), jnp.where(gx > 0, x, hi)
+        newton = x - gx / dg
+        # bisect if Newton leaves the bracket or would not halve the step before last
+        bisect = (newton < lo) | (newton > hi) | (2 * jnp.abs(gx) > jnp.abs(dx_before * dg))
+        x_new = jnp.where(bisect, 0.5 * (lo + hi), newton)
+        dx_new = jnp.where(bisect, 0.5 * (hi - lo), gx / dg)
+        done = ~(jnp.abs(dx_new) > eps * (jnp.abs(x_new) + half))  # NaN counts as done: no spinning to the cap
+        return x_new, lo, hi, dx_new, dx, done, i + 1
+
+    def running(state):
+        *_, done, i = state
+        return ~done & (i < max_iters)
+
+    # a few ulps of slack: with tanh saturated the root sits at an end, where a
+    # rounded Newton step must not count as leaving the bracket
+    pad = 4 * eps * (jnp.abs(c) + half)
+    lo, hi = c - half - pad, c + half + pad
+    init = (c, lo, hi, hi - lo, hi - lo, jnp.zeros((), bool), jnp.zeros((), jnp.int32))
+    alpha, *_, iters = jax.lax.while_loop(running, step, init)
+    return alpha, iters
+
+
+def planar_inverse(y: Array, u: Array, w: Array, b: Array, *, max_iters: int = 100) -> tuple[Array, Array]:
     """f^-1(y) and log|det d f^-1/dy| = -log|1 + u_hat.psi(f^-1(y))|.
 
     With alpha = w.z, f(z) = y reads g(alpha) = alpha + (s - 1) tanh(alpha + b)
-    - w.y = 0, strictly increasing (g' = tanh^2 + s sech^2 > 0), with the root
-    inside w.y -+ |s - 1|. Bisection (no gradient) finds it to machine
-    precision; one Newton step with gradients then gives exact implicit-
-    function derivatives d alpha = -dg / g' while leaving the value unchanged.
+    - w.y = 0. `planar_root` (no gradient) finds alpha to machine precision;
+    one Newton step with gradients then gives exact implicit-function
+    derivatives d alpha = -dg / g' while leaving the value unchanged.
     Then z = y - u_hat tanh(alpha + b)."""
     u_hat, s = planar_u_hat(u, w)
     c = _dot(w, y)
-    wu = s - 1.0
-
-    def g(alpha, c, wu, b):
-        return alpha + wu * jnp.tanh(alpha + b) - c
-
-    c0, wu0, b0 = jax.lax.stop_gradient((c, wu, b))
-    half = jnp.abs(wu0)
-    lo, hi = c0 - half, c0 + half
-
-    def bisect(_, bracket):
-        lo, hi = bracket
-        mid = 0.5 * (lo + hi)
-        above = g(mid, c0, wu0, b0) > 0
-        return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
-
-    lo, hi = jax.lax.fori_loop(0, iters, bisect, (lo, hi))
-    root = jax.lax.stop_gradient(0.5 * (lo + hi))
-    alpha = root - g(root, c, wu, b) / _planar_jacobian_factor(root + b, s)
+    root, _ = planar_root(*jax.lax.stop_gradient((c, s, b)), max_iters=max_iters)
+    alpha = root - _planar_g(root, c, s, b) / _planar_jacobian_factor(root + b, s)
     z = y - u_hat * jnp.tanh(alpha + b)
     return z, -jnp.log(_planar_jacobian_factor(alpha + b, s))
 
@@ -158,21 +187,29 @@ def _uniform(key, shape, lim):
 class Planar(Bijection):
     """Planar flow f(z) = z + u_hat tanh(w.z + b) as a zoo bijection.
 
-    `inverse` is f (the sampling direction, closed form); `forward` is f^-1 by
-    a scalar root-find (see `planar_inverse`), so the layer also evaluates
-    densities exactly. Build it from a shape and key (fixed learned
-    parameters, w and u uniform in +-1/sqrt(D), b = 0), or pass `u`, `w`, `b`
-    directly, e.g. an encoder's per-example output; arrays with a leading
-    axis make a stack for `zoo.bijections.Scan`.
+    `direction` says which way the closed-form map f runs. "sample" (the
+    default; the paper's and the VAE's use): `inverse` is f (base -> data,
+    the sampling direction) and `forward` is f^-1 by a scalar root-find (see
+    `planar_inverse`), so the layer still evaluates densities exactly.
+    "density" (flowjax's convention): `forward` is f (data -> base), so
+    densities are closed form and only sampling root-finds. `max_iters` caps
+    the root-find. Build it from a shape and key (fixed learned parameters, w
+    and u uniform in +-1/sqrt(D), b = 0), or pass `u`, `w`, `b` directly, e.g.
+    an encoder's per-example output; arrays with a leading axis make a stack
+    for `zoo.bijections.Scan`.
     """
 
     u: Array
     w: Array
     b: Array
-    iters: int = eqx.field(static=True, default=100)
+    direction: Literal["sample", "density"] = eqx.field(static=True, default="sample")
+    max_iters: int = eqx.field(static=True, default=100)
     example_shape: ClassVar = (4,)
 
-    def __init__(self, shape=None, *, key=None, u=None, w=None, b=None, iters: int = 100):
+    def __init__(self, shape=None, *, key=None, u=None, w=None, b=None,
+                 direction: Literal["sample", "density"] = "sample", max_iters: int = 100):
+        if direction not in ("sample", "density"):
+            raise ValueError(f"Planar: direction must be 'sample' or 'density', got {direction!r}")
         if u is None or w is None or b is None:
             if shape is None or key is None:
                 raise ValueError("Planar: give shape and key, or all of u, w, b")
@@ -181,13 +218,20 @@ class Planar(Bijection):
             ku, kw = jax.random.split(key)
             u, w, b = _uniform(ku, shape, lim), _uniform(kw, shape, lim), jnp.zeros(())
         self.u, self.w, self.b = jnp.asarray(u), jnp.asarray(w), jnp.asarray(b)
-        self.iters = iters
+        self.direction = direction
+        self.max_iters = max_iters
 
-    def inverse(self, y):
-        return planar(y, self.u, self.w, self.b)
+    def _map(self, z):
+        return planar(z, self.u, self.w, self.b)
+
+    def _root_find(self, y):
+        return planar_inverse(y, self.u, self.w, self.b, max_iters=self.max_iters)
 
     def forward(self, x):
-        return planar_inverse(x, self.u, self.w, self.b, iters=self.iters)
+        return self._map(x) if self.direction == "density" else self._root_find(x)
+
+    def inverse(self, y):
+        return self._root_find(y) if self.direction == "density" else self._map(y)
 
 
 class Radial(Bijection):
