@@ -114,7 +114,7 @@ def fit(model, x, *, key, x_val=None, val_fraction: float = 0.1, condition=None,
     if steps is None and epochs is None:
         epochs = 10
     cfg = TrainConfig(steps=steps or 0, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, eval_every=0,
-                      eval_epochs=1.0, log_interval=10**9, progress=progress, conditional=condition is not None)
+                      eval_epochs=1.0, progress=progress, conditional=condition is not None)
     if checkpoint_dir is not None:
         path = Path(checkpoint_dir).expanduser().absolute()
         resume = (path / "checkpoints").is_dir() and any(p.name.isdigit() for p in (path / "checkpoints").iterdir())

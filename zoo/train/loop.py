@@ -792,6 +792,7 @@ class _Run:
         self.bar = tqdm(total=total_steps, initial=self.start, disable=not cfg.progress, unit="step",
                         dynamic_ncols=True)
         self.t_start = self.t_last = time.perf_counter()
+        self.step_last = self.start
         times: list[float] = []
         pending, self.last_step = None, total_steps
         with _StopRequest() as stop:
@@ -866,7 +867,8 @@ class _Run:
         last_metrics = _scalars(metrics)
         self.check(last_metrics, step)
         now = time.perf_counter()
-        rate, self.t_last = cfg.log_interval / max(now - self.t_last, 1e-9), now
+        rate = (step - self.step_last) / max(now - self.t_last, 1e-9)
+        self.t_last, self.step_last = now, step
         shown = {"loss": last_metrics["loss"]}
         if self.eight_bit and math.isfinite(last_metrics["loss"]):
             shown["bpd"] = float(bits_per_dim(jnp.asarray(-last_metrics["loss"]), self.num_dims))
