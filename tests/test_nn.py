@@ -33,16 +33,24 @@ def _conv_cases():
     k = jax.random.split(jax.random.key(7), 4)
     for ksize in (1, 3):
         layer = Conv2d(3, 5, ksize, key=k[0])
-        yield f"Conv2d k={ksize}", lambda w, x, layer=layer: eqx.tree_at(lambda m: m.weight, layer, w)(x), layer.weight
-    yield "selfnorm conv2d_same", lambda w, x: conv2d_same(w, x), jax.random.normal(k[1], (3, 3, 3, 3))
-    yield "emerging conv_same", lambda w, x: conv_same(x, w), jax.random.normal(k[2], (5, 3, 3, 3))
-    yield "emerging conv_causal", lambda w, x: conv_causal(x, w, skip_centre=True), jax.random.normal(k[3], (5, 3, 2, 2))
+        yield f"Conv2d k={ksize}", lambda w, x, layer=layer: eqx.tree_at(lambda m: m.weight, layer, w)(x[:3]), layer.weight
+    from zoo_glow.nn import ConvHWC
+
+    for c_in, c_out, ksize in ((3, 5, 3), (5, 3, 3), (3, 4, 1)):  # im2col, col2im and 1x1 paths
+        layer = ConvHWC(c_in, c_out, ksize, key=k[0])
+        conv = lambda w, x, layer=layer: jnp.transpose(  # noqa: E731
+            eqx.tree_at(lambda m: m.weight, layer, w)(jnp.transpose(x, (1, 2, 0))[..., : w.shape[2]]), (2, 0, 1))
+        yield f"glow ConvHWC {c_in}->{c_out} k={ksize}", conv, layer.weight
+    yield "selfnorm conv2d_same", lambda w, x: conv2d_same(w, x[:3]), jax.random.normal(k[1], (3, 3, 3, 3))
+    yield "emerging conv_same", lambda w, x: conv_same(x[:3], w), jax.random.normal(k[2], (5, 3, 3, 3))
+    yield ("emerging conv_causal", lambda w, x: conv_causal(x[:3], w, skip_centre=True),
+           jax.random.normal(k[3], (5, 3, 2, 2)))
 
 
 def test_every_convolution_gives_the_same_values_and_gradients_by_lax_and_by_shifted_products():
     from zoo.nn import conv_impl
 
-    x = jax.random.normal(jax.random.key(0), (3, 6, 5))
+    x = jax.random.normal(jax.random.key(0), (5, 6, 5))
     for name, conv, w in _conv_cases():
         out = {}
         for impl in ("shifted", "lax"):

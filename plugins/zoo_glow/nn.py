@@ -7,7 +7,9 @@ fewer channels: with C_in <= C_out it concatenates the k*k shifted inputs
 (im2col, contraction k*k*C_in); otherwise it multiplies once into k*k*C_out
 channels and adds the k*k shifted pieces of the result (col2im). Both stay
 fast inside `lax.scan`, gradients included, where `lax.conv` and its
-gradients are an order of magnitude slower on CPU (jax issue #12868).
+gradients are an order of magnitude slower on CPU (jax issue #12868). On GPU
+and TPU (`zoo.nn.current_conv_impl() == "lax"`) every convolution is
+`lax.conv_general_dilated` instead, in the same channels-last layout.
 """
 
 import equinox as eqx
@@ -15,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
-from zoo.nn import init_conv
+from zoo.nn import current_conv_impl, init_conv
 
 __all__ = ["ConvHWC", "GlowConditioner", "im2col", "col2im"]
 
@@ -86,6 +88,10 @@ class ConvHWC(eqx.Module):
     def __call__(self, x: Array) -> Array:
         k, _, c_in, c_out = self.weight.shape
         h, w, _ = x.shape
+        if current_conv_impl() == "lax":  # GPU/TPU: the vendor's convolution (cuDNN, MXU)
+            y = lax.conv_general_dilated(x[None], self.weight.astype(x.dtype), (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+            return y + self.bias
         if k == 1:
             return pixel_matmul(x, self.weight[0, 0]) + self.bias
         if c_in <= c_out:  # shift the (narrower) input: one product with k*k*C_in contraction
