@@ -28,7 +28,7 @@ print(json.dumps(out["history"]["final_eval"]["test"]))
 
 def _run(tmp_path, devices):
     env = {**os.environ, "WANDB_MODE": "disabled", "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"}
     out = tmp_path / f"d{devices}"
     r = subprocess.run([sys.executable, "-c", SCRIPT, str(out), str(devices)], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -63,7 +63,7 @@ def test_two_processes_form_one_data_parallel_run(tmp_path):
     feeding its own shard. The first step's loss is the mean NLL of the
     initial model over the union of both processes' first batches."""
     env = {**os.environ, "WANDB_MODE": "disabled", "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=1"}
     port = _free_port()
     procs = [
         subprocess.Popen([sys.executable, "-m", "zoo.train", "--model", "realnvp", "--data", "moons", "--steps", "12",
