@@ -26,3 +26,15 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+
+# The longest tests start first, so that the two xdist workers finish together
+# instead of one of them running the README test alone at the end.
+LONGEST_FIRST = ("test_readme.py::test_readme_runs_as_written", "test_sharding.py::", "test_models.py::",
+                 "test_checkpoint.py::test_killed_run", "test_reliability.py::test_ctrl_c")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        return next((i for i, key in enumerate(LONGEST_FIRST) if key in item.nodeid), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their order
