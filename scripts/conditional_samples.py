@@ -63,12 +63,18 @@ def main(argv=None):
     xs = sample(model, jax.random.key(args.seed), num=len(labels), temperature=t, condition=labels)
     predicted = classify(w, _pixels(xs))
     per_class = [float(np.mean(predicted[labels == c] == c)) for c in range(classes)]
+    # row c: how the samples drawn for class c were labelled
+    confusion = [np.bincount(predicted[labels == c], minlength=classes).tolist() for c in range(classes)]
+    modal = [int(np.argmax(row)) for row in confusion]
     result = {"checkpoint": args.checkpoint, "temperature": t, "per_class": args.per_class,
               "classifier_test_accuracy": real, "agreement": float(np.mean(predicted == labels)),
-              "agreement_per_class": per_class, "chance": 1 / classes}
+              "agreement_per_class": per_class, "chance": 1 / classes,
+              "confusion": confusion, "most_common_label": modal}
     print(f"classifier (ridge on pixels, fitted to {data} train): {real:.1%} on its test split")
     print(f"samples at temperature {t:g} labelled as the class drawn: {result['agreement']:.1%} "
           f"(chance {1 / classes:.0%}); per class: " + " ".join(f"{c}:{a:.0%}" for c, a in enumerate(per_class)))
+    print(f"the most common label of the samples of each class: {modal} "
+          f"({sum(m == c for c, m in enumerate(modal))} of {classes} are the class drawn)")
     if args.out:
         rows = np.concatenate([xs[labels == c][: args.row] for c in range(classes)])
         save_grid(rows, args.out, ncol=args.row)
