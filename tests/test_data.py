@@ -147,8 +147,8 @@ def test_mnist_idx_plain_and_gzipped(tmp_path, gz):
     suffix = ".gz" if gz else ""
     write_idx(folder / f"train-images-idx3-ubyte{suffix}", train, gz=gz)
     write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", test, gz=gz)
-    write_idx(folder / f"train-labels-idx1-ubyte{suffix}", np.arange(12, dtype=np.uint8), gz=gz)
-    assert np.array_equal(formats.read_idx(folder / f"train-labels-idx1-ubyte{suffix}"), np.arange(12))
+    write_idx(folder / f"train-labels-idx1-ubyte{suffix}", np.arange(12, dtype=np.uint8) % 10, gz=gz)
+    assert np.array_equal(formats.read_idx(folder / f"train-labels-idx1-ubyte{suffix}"), np.arange(12) % 10)
     tr = zoo.load_dataset("mnist", split="train", data_dir=tmp_path)
     va = zoo.load_dataset("mnist", split="validation", data_dir=tmp_path)
     te = zoo.load_dataset("mnist", split="test", data_dir=tmp_path)
@@ -158,6 +158,11 @@ def test_mnist_idx_plain_and_gzipped(tmp_path, gz):
     assert np.array_equal(te[:, 0], test)
     # binarized_mnist_dynamic serves the same images (binarised later, per batch).
     assert np.array_equal(zoo.load_dataset("binarized_mnist_dynamic", split="validation", data_dir=tmp_path), va)
+    # labels split like the images; a missing labels file is the usual missing-dataset error
+    assert zoo.data.load_labels("mnist", split="train", data_dir=tmp_path).tolist() == list(range(10))
+    assert zoo.data.load_labels("mnist", split="validation", data_dir=tmp_path).tolist() == [0, 1]
+    with pytest.raises(zoo.MissingDatasetError, match="t10k-labels-idx1-ubyte"):
+        zoo.data.load_labels("mnist", split="test", data_dir=tmp_path)
 
 
 def test_binarized_mnist_amat(tmp_path):
@@ -199,6 +204,10 @@ def test_cifar10_python2_pickles_and_channel_order(tmp_path):
     assert np.array_equal(tr, np.concatenate([chw[f"data_batch_{k}"] for k in range(1, 5)]))
     assert np.array_equal(va, chw["data_batch_5"]) and np.array_equal(te, chw["test_batch"])
     assert [int(tr[0, c, 5, 7]) for c in range(3)] == [10, 20, 30]
+    labels = {k: pickle.loads((folder / k).read_bytes(), encoding="bytes")[b"labels"] for k in batches}
+    got = zoo.data.load_labels("cifar10", split="train", data_dir=tmp_path)
+    assert got.tolist() == sum((labels[f"data_batch_{k}"] for k in range(1, 5)), [])
+    assert zoo.data.load_labels("cifar10", split="test", data_dir=tmp_path).tolist() == labels["test_batch"]
 
 
 def test_cifar_unpickler_refuses_code(tmp_path):

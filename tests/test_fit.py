@@ -72,6 +72,14 @@ def test_val_fraction_8_bit_arrays_and_bad_arguments():
     # 8-bit data: the discrete NLL, -log p(dequantized x in [0, 1)) + D log 256 (uniform noise: about D log 256 at init)
     assert history["validation_nll"][0] == pytest.approx(4 * np.log(256), rel=0.5)
     assert history["epoch"] == [0.0, 1.0]  # 400 training rows, 8 steps of 50
+    # a grain pipeline of the arrays trains the same way (here: the first 400 rows, 8 batches of 50)
+    from zoo.data import pipeline
+
+    pipe = pipeline(x[:400], batch_size=50, seed=3)
+    _, h = zoo.fit(_realnvp_d(4), pipe, x_val=x[400:], key=3, epochs=1, batch_size=50, progress=False)
+    assert h["step"] == [0, 8] and h["validation_nll"][1] < h["validation_nll"][0]
+    with pytest.raises(ValueError, match="pass x_val"):
+        zoo.fit(_realnvp_d(4), pipe, key=0)
     with pytest.raises(ValueError, match="steps or epochs"):
         zoo.fit(_realnvp_d(4), x, key=0, steps=1, epochs=1)
     with pytest.raises(ValueError, match="uint8 images or float vectors"):

@@ -146,6 +146,7 @@ class Pipeline:
     num_examples: int  # in the whole split
     shard_size: int  # examples in this process's shard
     shape: tuple[int, ...]
+    raw_dtype: str  # of the examples before dequantization ("uint8" for 8-bit images)
     process_index: int
     process_count: int
     num_workers: int
@@ -340,6 +341,7 @@ def pipeline(
         num_examples=n,
         shard_size=shard_size,
         shape=shape,
+        raw_dtype=examples.dtype.name,
         process_index=process_index,
         process_count=process_count,
         num_workers=num_workers,

@@ -498,8 +498,8 @@ class Arrays:
     y_val: np.ndarray | None = None
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape) if isinstance(self.x, np.ndarray) else tuple(self.x.shape)
+    def shape(self) -> tuple[int, ...]:  # (N, *example shape); a pipeline's N is its split's size
+        return tuple(self.x.shape) if isinstance(self.x, np.ndarray) else (self.x.num_examples, *self.x.shape)
 
 
 def conditional_config(model: str, model_cfg, data: str):
@@ -553,7 +553,8 @@ class _Run:
             self.conditional = cfg.conditional
         else:
             self.input_shape = self.arrays.shape[1:]
-            integer = np.dtype(self.arrays.x.dtype) == np.uint8 if isinstance(self.arrays.x, np.ndarray) else False
+            x = self.arrays.x
+            integer = np.dtype(x.dtype if isinstance(x, np.ndarray) else x.raw_dtype) == np.uint8
             self.eight_bit = integer
             self.images = integer and len(self.input_shape) == 3
             self.conditional = self.arrays.y is not None
