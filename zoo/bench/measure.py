@@ -1,0 +1,137 @@
+"""The calls a case times, each a thunk that blocks until its result is ready.
+
+Every timed function takes the parameters as an argument and closes over
+the static rest of the model (`eqx.partition`), so a call pays for the
+computation and one dispatch, not for flattening a module: that is how the
+trainer calls its step, and it keeps zoo and flowjax on equal terms.
+"""
+
+import math
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import zoo
+from zoo.flow import call_with_key
+from zoo.train.loop import global_batch, init_opt_state, make_mesh, make_train_step
+
+__all__ = ["count_params", "image_batch", "vector_batch", "train_step", "hand_step", "log_prob", "sample",
+           "compile_seconds"]
+
+
+def count_params(params) -> int:
+    return int(sum(a.size for a in jax.tree.leaves(params)))
+
+
+def image_batch(data: str, shape, batch: int, *, seed: int = 0) -> np.ndarray:
+    """A float32 batch as the dataset's pipeline gives it: the bundled MNIST
+    images at MNIST's shape (random 8-bit images at any other), uniformly
+    dequantized to [0, 1), or Bernoulli(k / 255) pixels for binarized data."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(shape)
+    if shape == (1, 28, 28):
+        images = zoo.load_dataset("mnist_bundled", split="train")[:batch]
+    else:
+        images = rng.integers(0, 256, (batch, *shape), dtype=np.uint8)
+    source = zoo.get_dataset(data)
+    if source.binary or source.binarize is not None:
+        return (rng.random(images.shape) < images / 255.0).astype(np.float32)
+    return ((images + rng.random(images.shape)) / 256.0).astype(np.float32)
+
+
+def vector_batch(dim: int, batch: int, *, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, dim)).astype(np.float32)
+
+
+def train_step(model, optimizer, x, *, seed: int = 0):
+    """The trainer's own jitted step (`zoo.train.loop.make_train_step`: training-mode
+    loss, gradients, the optimizer, the non-finite guard and the models' hooks) on a
+    one-device mesh, as a thunk; `thunk.metrics()` holds the last call's metrics."""
+    mesh = make_mesh(jax.devices()[:1])
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    state = {"params": params, "opt": init_opt_state(optimizer, params), "i": 0, "metrics": None}
+    step = make_train_step(static, optimizer, mesh)
+    xs, mask = global_batch(mesh, x), global_batch(mesh, np.ones(len(x), bool))
+    key = jax.random.key(seed)
+
+    def call():
+        state["params"], state["opt"], state["metrics"] = step(state["params"], state["opt"], xs, mask, key,
+                                                                jnp.int32(state["i"]))
+        jax.block_until_ready((state["params"], state["metrics"]))
+        state["i"] += 1
+
+    call.metrics = lambda: state["metrics"]
+    call.compiles = getattr(step.jitted, "_cache_size", lambda: None)  # programs compiled so far (jax-private)
+    return call
+
+
+def hand_step(model, nll, x, *, lr: float = 1e-3, filter_spec=eqx.is_inexact_array, is_leaf=None):
+    """The same hand-written step for any library: `jit((params, opt_state, x) ->
+    (params, opt_state, loss))` with `eqx.partition`, `optax.adam(lr)` and
+    `value_and_grad` of `nll(model, x)`, the batch's mean negative log-likelihood."""
+    params, static = eqx.partition(model, filter_spec, is_leaf=is_leaf)
+    optimizer = optax.adam(lr)
+
+    @jax.jit
+    def step(params, opt_state, x):
+        loss, grads = jax.value_and_grad(lambda p: nll(eqx.combine(p, static), x))(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    state = {"params": params, "opt": optimizer.init(params)}
+    x = jnp.asarray(x)
+
+    def call():
+        state["params"], state["opt"], loss = step(state["params"], state["opt"], x)
+        jax.block_until_ready((state["params"], loss))
+
+    return call
+
+
+def zoo_nll(model, x):
+    return -jnp.mean(jax.vmap(model.log_prob)(x))
+
+
+def _jit_on_params(model, fn, filter_spec=eqx.is_inexact_array, is_leaf=None):
+    params, static = eqx.partition(model, filter_spec, is_leaf=is_leaf)
+    jitted = jax.jit(lambda p, *args: fn(eqx.combine(p, static), *args))
+    return lambda *args: jitted(params, *args)
+
+
+def log_prob(model, x, *, seed: int = 0):
+    """`jit(vmap(model.log_prob))` on the batch (importance-sampled models get one key per example)."""
+    keys = jax.random.split(jax.random.key(seed), len(x))
+    fn = _jit_on_params(model, lambda m, x, keys: jax.vmap(lambda xi, ki: call_with_key(m.log_prob, xi, key=ki))(
+        x, keys))
+    x = jnp.asarray(x)
+    return lambda: jax.block_until_ready(fn(x, keys))
+
+
+def sample(model, num: int, *, seed: int = 0):
+    """`jit(vmap(model.sample))` over `num` keys, as `zoo.sample` draws."""
+    keys = jax.random.split(jax.random.key(seed), num)
+    fn = _jit_on_params(model, lambda m, keys: jax.vmap(m.sample)(keys))
+    return lambda: jax.block_until_ready(fn(keys))
+
+
+def compile_seconds(build, values, optimizer, x, *, repeats: int) -> dict:
+    """{value: seconds}: trace + lower + compile of the trainer's step for the
+    model `build(value)`, a fresh jit each time (no cache hit: the persistent
+    compilation cache is off in a case process), the values taken in turn
+    `repeats` times; the minimum of each, as the least disturbed by other load."""
+    mesh = make_mesh(jax.devices()[:1])
+    xs, mask = global_batch(mesh, x), global_batch(mesh, np.ones(len(x), bool))
+    models = {v: eqx.partition(build(v), eqx.is_inexact_array) for v in values}
+    best = {v: math.inf for v in values}
+    for _ in range(repeats):
+        for v, (params, static) in models.items():
+            step = make_train_step(static, optimizer, mesh)
+            t0 = time.perf_counter()
+            step.jitted.lower(params, init_opt_state(optimizer, params), xs, mask, jax.random.key(0),
+                              jnp.int32(0)).compile()
+            best[v] = min(best[v], time.perf_counter() - t0)
+    return best
