@@ -4,7 +4,6 @@
 self-normalizing flows' spline activation use.
 """
 
-import functools
 import math
 from typing import ClassVar
 
@@ -29,65 +28,44 @@ def num_spline_params(num_bins: int) -> int:
     return 3 * num_bins - 1
 
 
-# The spline of one element is written on scalars, unrolled over the (static,
-# small) number of bins: under vmap every quantity is one value per element,
-# which XLA fuses, where bins-sized tables per element cost a pass each (and
-# their gathers a scatter each in the gradient).
-
-
 def _knots(unnorm, tail_bound):
-    """The K + 1 knot positions on [-B, B] from K unnormalised bin sizes
-    (softmax, at least MIN_BIN of the range each); end-points exact."""
-    k = len(unnorm)
-    top = functools.reduce(jnp.maximum, unnorm)
-    e = [jnp.exp(u - top) for u in unnorm]
-    total = sum(e)
-    knots, cum = [-tail_bound], 0.0
-    for v in e[:-1]:
-        cum = cum + (MIN_BIN + (1 - MIN_BIN * k) * (v / total))
-        knots.append(2 * tail_bound * cum - tail_bound)
-    return knots + [tail_bound]
-
-
-def _bin(v, ref, *tables):
-    """(t[k], t[k+1]) from each table for the bin k of `ref` holding v
-    (the last knot <= v, clipped to the K bins)."""
-    picked = [(t[0], t[1]) for t in tables]
-    for j in range(1, len(ref) - 1):
-        above = ref[j] <= v
-        picked = [(jnp.where(above, t[j], lo), jnp.where(above, t[j + 1], hi)) for t, (lo, hi) in zip(tables, picked)]
-    return picked
+    k = unnorm.shape[-1]
+    sizes = MIN_BIN + (1 - MIN_BIN * k) * jax.nn.softmax(unnorm, axis=-1)
+    cum = jnp.concatenate([jnp.zeros(sizes.shape[:-1] + (1,)), jnp.cumsum(sizes, -1)], -1)
+    cum = 2 * tail_bound * cum - tail_bound
+    cum = cum.at[..., 0].set(-tail_bound).at[..., -1].set(tail_bound)
+    return cum, cum[..., 1:] - cum[..., :-1]
 
 
 def _scalar_spline(x, params, tail_bound, inverse, derivative_shift):
     k = (params.shape[-1] + 1) // 3
-    p = [v[0] for v in jnp.split(params, params.shape[-1])]  # one split: its gradient is one concatenate
-    xs = _knots(p[:k], tail_bound)
-    ys = _knots(p[k : 2 * k], tail_bound)
-    inner = [MIN_DERIVATIVE + jax.nn.softplus(v + derivative_shift) for v in p[2 * k :]]
-    d = [1.0] + inner + [1.0]  # slope 1 joins the linear tails
+    cw, widths = _knots(params[:k], tail_bound)
+    ch, heights = _knots(params[k : 2 * k], tail_bound)
+    inner = MIN_DERIVATIVE + jax.nn.softplus(params[2 * k :] + derivative_shift)
+    d = jnp.concatenate([jnp.ones(1), inner, jnp.ones(1)])  # slope 1 joins the linear tails
 
     inside = (x > -tail_bound) & (x < tail_bound)
     xc = jnp.clip(x, -tail_bound, tail_bound)  # keep the unused branch finite
-    (x_k, x_k1), (y_k, y_k1), (d_k, d_k1) = _bin(xc, ys if inverse else xs, xs, ys, d)
-    w_k, h_k = x_k1 - x_k, y_k1 - y_k
+    knots = ch if inverse else cw
+    idx = jnp.clip(jnp.searchsorted(knots, xc, side="right") - 1, 0, k - 1)
+    x_k, w_k, y_k, h_k = cw[idx], widths[idx], ch[idx], heights[idx]
+    d_k, d_k1 = d[idx], d[idx + 1]
     delta = h_k / w_k
-    curv = d_k1 + d_k - 2 * delta
 
     if not inverse:
         xi = (xc - x_k) / w_k
         t = xi * (1 - xi)
-        den = delta + curv * t
+        den = delta + (d_k1 + d_k - 2 * delta) * t
         out = y_k + h_k * (delta * xi**2 + d_k * t) / den
     else:
         r = xc - y_k
-        a = h_k * (delta - d_k) + r * curv
-        b = h_k * d_k - r * curv
+        a = h_k * (delta - d_k) + r * (d_k1 + d_k - 2 * delta)
+        b = h_k * d_k - r * (d_k1 + d_k - 2 * delta)
         c = -delta * r
         disc = jnp.maximum(b**2 - 4 * a * c, 0.0)
         xi = (2 * c) / (-b - jnp.sqrt(disc))
         t = xi * (1 - xi)
-        den = delta + curv * t
+        den = delta + (d_k1 + d_k - 2 * delta) * t
         out = x_k + xi * w_k
     num = delta**2 * (d_k1 * xi**2 + 2 * delta * t + d_k * (1 - xi) ** 2)
     logdet = jnp.log(num) - 2 * jnp.log(den)
