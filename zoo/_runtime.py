@@ -6,10 +6,11 @@ with a new mmap, so every step the kernel faults in and zeroes it 4 KiB at a
 time: ~38,000 page faults and ~80 ms of system time per Glow step on a 2-core
 CPU. glibc's `glibc.malloc.hugetlb=1` tunable (glibc >= 2.35; older versions
 ignore it) asks for transparent huge pages on those mappings instead: ~500
-faults, and the step is ~15 % faster (scripts/bench_glow.py). Tunables are
+faults, and the step is ~15 % faster (`python -m zoo.bench --cases
+glow_cifar_small`, with and without ZOO_MALLOC_TUNING=0). Tunables are
 read only when a process starts, so `python -m zoo.train` and
-scripts/bench_glow.py re-execute themselves once with it set, `zoo.train`
-before jax is imported. It is a CPU fix: a run whose JAX backend is an
+`python -m zoo.bench` re-execute themselves once with it set, before jax
+starts a backend. It is a CPU fix: a run whose JAX backend is an
 accelerator (JAX_PLATFORMS naming cuda/gpu/rocm/tpu first, or, with
 JAX_PLATFORMS unset, a GPU or TPU device node present) is not re-executed.
 Set ZOO_MALLOC_TUNING=0 to opt out; a library user sets
