@@ -89,6 +89,42 @@ def test_quick_markdown_lists_every_case(quick):
     assert proc.stdout == text  # the tables are also printed
 
 
+def test_readme_section_rendered_from_a_run_between_its_markers(quick, tmp_path, capsys):
+    from zoo.bench.command import README_BEGIN, README_END, main
+
+    results, text, _ = quick
+    (tmp_path / "bench.json").write_text(json.dumps(results))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# zoo\n\n## Benchmarks\n\nintro\n{README_BEGIN}\nold table\n{README_END}\n\n## Layout\n")
+    assert main(["--from", str(tmp_path / "bench.json"), "--readme", str(readme)]) == 0
+    new = readme.read_text()
+    assert new.startswith("# zoo\n\n## Benchmarks\n\nintro\n" + README_BEGIN + "\n\n")
+    assert new.endswith(f"\n\n{README_END}\n\n## Layout\n") and "old table" not in new
+    assert text.strip() in new  # the same tables the run printed
+    assert capsys.readouterr().out == text
+    assert main(["--from", str(tmp_path / "bench.json"), "--readme", str(readme)]) == 0
+    assert readme.read_text() == new  # rendering again changes nothing
+
+
+@pytest.mark.parametrize("content, message", [
+    ("# no markers\n", "has no <!-- zoo.bench tables: begin --> ... <!-- zoo.bench tables: end --> lines"),
+    (None, "not a bench.json"),
+])
+def test_readme_and_from_mistakes_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, content, message):
+    from zoo.bench.command import main
+
+    readme, source = tmp_path / "README.md", tmp_path / "bench.json"
+    readme.write_text(content or "<!-- zoo.bench tables: begin -->\n<!-- zoo.bench tables: end -->\n")
+    source.write_text(json.dumps({"cases": [], "machine": {}}) if content else "{not json")
+    before = readme.read_text()
+    with pytest.raises(SystemExit) as e:
+        main(["--from", str(source), "--readme", str(readme)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("zoo.bench: error: ") and message in err[0], err
+    assert readme.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "bench.json"]
+
+
 def test_unknown_case_pattern_is_one_line_exit_2(capsys):
     from zoo.bench.command import main
 

@@ -1,6 +1,8 @@
 """`python -m zoo.bench`: run the cases, each in a fresh interpreter, and report.
 
     python -m zoo.bench [--quick] [--cases PATTERN] [--out bench.json] [--markdown bench.md] [--steps N]
+                        [--readme README.md]
+    python -m zoo.bench --from bench.json --readme README.md     (re-render a run's tables, no timing)
 
 A case process (`python -m zoo.bench --run-case NAME`) prints its result as
 one JSON object on stdout (everything else it prints goes to stderr) and
@@ -24,6 +26,8 @@ from zoo._cli import ArgumentParser, Failure, UsageError, cli
 __all__ = ["main", "run_case"]
 
 TOOL = "zoo.bench"
+README_BEGIN = "<!-- zoo.bench tables: begin -->"
+README_END = "<!-- zoo.bench tables: end -->"
 QUICK_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
@@ -39,6 +43,11 @@ def _parser() -> ArgumentParser:
     p.add_argument("--markdown", metavar="MD", help="also write the Markdown tables here (always printed)")
     p.add_argument("--steps", type=int, metavar="N",
                    help="timed calls of each kind per case, at least (default 20; --quick: 3)")
+    p.add_argument("--readme", metavar="MD",
+                   help="put the tables into this file between the lines " + README_BEGIN + " and " + README_END
+                        + " (the README's Benchmarks section)")
+    p.add_argument("--from", dest="from_json", metavar="JSON",
+                   help="time nothing: render the tables of this earlier --out (with --markdown / --readme)")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("--run-case", metavar="NAME", help="run one case in this process and print its JSON "
                                                       "(what each case process does)")
@@ -150,16 +159,64 @@ def _flowjax_note() -> str | None:
 
 
 def _write(path: str, text: str):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
+    """Whole or not at all: a killed run leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _readme_with(path: str, text: str) -> str:
+    """The file at `path` with the text between its marker lines replaced."""
+    try:
+        old = Path(path).read_text()
+    except OSError as e:
+        raise UsageError(f"--readme {path}: cannot read it ({e.strerror}); pass the README to update")
+    begin, end = old.find(README_BEGIN), old.find(README_END)
+    if begin < 0 or end < begin:
+        raise UsageError(f"--readme {path} has no {README_BEGIN} ... {README_END} lines; add them, in that "
+                         "order, where the tables go")
+    return old[: begin + len(README_BEGIN)] + "\n\n" + text.rstrip() + "\n\n" + old[end:]
+
+
+def _report(results: dict, args) -> str:
+    """Write the --out / --markdown / --readme files (the README checked first,
+    so a bad --readme writes nothing) and return the Markdown."""
+    from zoo.bench.report import markdown
+
+    if args.readme:
+        _readme_with(args.readme, "")
+    text = markdown(results)
+    readme = _readme_with(args.readme, text) if args.readme else None
+    if args.out:
+        _write(args.out, json.dumps(results, indent=1) + "\n")
+    if args.markdown:
+        _write(args.markdown, text)
+    if readme is not None:
+        _write(args.readme, readme)
+    return text
+
+
+def _render(args) -> int:
+    try:
+        results = json.loads(Path(args.from_json).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"--from {args.from_json}: not a bench.json ({e}); pass the file an earlier --out wrote")
+    if not isinstance(results, dict) or "cases" not in results or "machine" not in results:
+        raise UsageError(f"--from {args.from_json}: not a bench.json (no cases or machine); pass the file an "
+                         "earlier --out wrote")
+    sys.stdout.write(_report(results, args))
+    return 0
 
 
 def _run_all(args) -> int:
     from tqdm.auto import tqdm
 
     from zoo.bench.machine import machine
-    from zoo.bench.report import markdown
 
+    if args.readme:
+        _readme_with(args.readme, "")  # a README without the markers fails before the cases run
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before any case imports numpy (DESIGN.md section 6)
     settings = _settings(args)
     names = _select(args.cases, args.quick)
@@ -180,12 +237,7 @@ def _run_all(args) -> int:
     results = {"command": "python -m zoo.bench " + shlex.join(sys.argv[1:] if args.argv is None else args.argv),
                "settings": settings.__dict__, "machine": machine(), "flowjax_skipped": note,
                "wall_s": time.perf_counter() - t0, "cases": cases}
-    text = markdown(results)
-    if args.out:
-        _write(args.out, json.dumps(results, indent=1) + "\n")
-    if args.markdown:
-        _write(args.markdown, text)
-    sys.stdout.write(text)
+    sys.stdout.write(_report(results, args))
     failed = [c["name"] for c in cases if "error" in c]
     if failed:
         raise Failure(f"{len(failed)} of {len(cases)} cases failed ({', '.join(failed)}); rerun one with "
@@ -205,4 +257,6 @@ def main(argv=None) -> int:
         return 0
     if args.run_case:
         return run_case(args.run_case, _settings(args))
+    if args.from_json:
+        return _render(args)
     return _run_all(args)
