@@ -87,10 +87,10 @@ def _compile_ratios(results: dict) -> list:
     if not cases:
         return []
     n = results["settings"]["compile_repeats"]
-    lines = ["**Compile time against depth**: trace + lower + compile of the trainer's step, "
+    lines = ["**Compile time against depth**: CPU seconds of trace + lower + compile of the trainer's step, "
              + (f"best of {n}" if n > 1 else "one compile each")
              + ", deep / shallow (about 1: does not grow with depth).", "",
-             "| case | depth field | shallow → deep | compile s | deep / shallow |", "|---|---|---:|---:|---:|"]
+             "| case | depth field | shallow → deep | compile CPU s | deep / shallow |", "|---|---|---:|---:|---:|"]
     for c in cases:
         d = c["compile_depth"]
         lines.append(f"| {c['name']} | `{d['field']}` | {d['shallow']} → {d['deep']} | "
