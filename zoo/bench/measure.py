@@ -47,25 +47,38 @@ def vector_batch(dim: int, batch: int, *, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, dim)).astype(np.float32)
 
 
-def train_step(model, optimizer, x, *, seed: int = 0):
+def train_step(model, optimizer, x, *, seed: int = 0, ahead_of_time: bool = False):
     """The trainer's own jitted step (`zoo.train.loop.make_train_step`: training-mode
     loss, gradients, the optimizer, the non-finite guard and the models' hooks) on a
-    one-device mesh, as a thunk; `thunk.metrics()` holds the last call's metrics."""
+    one-device mesh, as a thunk; `thunk.metrics()` holds the last call's metrics.
+    With `ahead_of_time` the step is lowered and compiled first and that executable
+    is called: `thunk.compile_cpu_s` is its CPU time, as `compile_seconds` counts
+    (a case that times the preset's compile anyway need not compile it twice)."""
     mesh = make_mesh(jax.devices()[:1])
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    state = {"params": params, "opt": init_opt_state(optimizer, params), "i": 0, "metrics": None}
     step = make_train_step(static, optimizer, mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    params, opt_state = jax.device_put((params, init_opt_state(optimizer, params)), replicated)
+    state = {"params": params, "opt": opt_state, "i": 0, "metrics": None}
     xs, mask = global_batch(mesh, x), global_batch(mesh, np.ones(len(x), bool))
     key = jax.random.key(seed)
+    fn = step
+    if ahead_of_time:
+        t0 = time.process_time()
+        fn = step.jitted.lower(params, opt_state, xs, mask, key, jnp.int32(0)).compile()
+        compile_cpu_s = time.process_time() - t0
 
     def call():
-        state["params"], state["opt"], state["metrics"] = step(state["params"], state["opt"], xs, mask, key,
-                                                                jnp.int32(state["i"]))
+        state["params"], state["opt"], state["metrics"] = fn(state["params"], state["opt"], xs, mask, key,
+                                                              jnp.int32(state["i"]))
         jax.block_until_ready((state["params"], state["metrics"]))
         state["i"] += 1
 
     call.metrics = lambda: state["metrics"]
-    call.compiles = getattr(step.jitted, "_cache_size", lambda: None)  # programs compiled so far (jax-private)
+    if ahead_of_time:
+        call.compile_cpu_s = compile_cpu_s
+    else:
+        call.compiles = getattr(step.jitted, "_cache_size", lambda: None)  # programs compiled so far (jax-private)
     return call
 
 
@@ -118,17 +131,19 @@ def sample(model, num: int, *, seed: int = 0):
     return lambda: jax.block_until_ready(fn(keys))
 
 
-def compile_seconds(build, values, optimizer, x, *, repeats: int) -> dict:
+def compile_seconds(build, values, optimizer, x, *, repeats: int, known: dict | None = None) -> dict:
     """{value: seconds}: CPU time (this process, all threads) of trace + lower +
     compile of the trainer's step for the model `build(value)`, a fresh jit each
     time (no cache hit: the persistent compilation cache is off in a case
     process), the values taken in turn `repeats` times; the minimum of each.
+    `known` ({value: seconds}, measured the same way) are taken as they are.
     CPU time, not wall time: on shared cores another process stretches the wall
     time of a compile by up to 2x but hardly its CPU time."""
     mesh = make_mesh(jax.devices()[:1])
     xs, mask = global_batch(mesh, x), global_batch(mesh, np.ones(len(x), bool))
-    models = {v: eqx.partition(build(v), eqx.is_inexact_array) for v in values}
-    best = {v: math.inf for v in values}
+    known = dict(known or {})
+    models = {v: eqx.partition(build(v), eqx.is_inexact_array) for v in values if v not in known}
+    best = {v: math.inf for v in models}
     for _ in range(repeats):
         for v, (params, static) in models.items():
             step = make_train_step(static, optimizer, mesh)
@@ -136,4 +151,4 @@ def compile_seconds(build, values, optimizer, x, *, repeats: int) -> dict:
             step.jitted.lower(params, init_opt_state(optimizer, params), xs, mask, jax.random.key(0),
                               jnp.int32(0)).compile()
             best[v] = min(best[v], time.process_time() - t0)
-    return best
+    return {**known, **best}

@@ -29,7 +29,10 @@ def _rate(t: dict, batch: int) -> str:
 
 
 def _compile(t: dict) -> str:
-    """compile s, with the number of programs when the step compiled more than once."""
+    """CPU seconds of compiling the step (older runs: the warm-up's extra wall seconds,
+    with the number of programs when it compiled more than once)."""
+    if "compile_cpu_s" in t:
+        return f"{t['compile_cpu_s']:.1f}"
     n = t.get("compiles")
     return f"{t['compile_s']:.1f}" + (f" ({n} programs)" if n and n > 1 else "")
 
@@ -131,8 +134,9 @@ def _pipeline(results: dict) -> list:
 def _absolute(results: dict) -> list:
     m = results["machine"]
     lines = [f"**Absolute times** on {m['cpu']} ({m['cores_usable']} cores): median ms [quartiles]; log_prob "
-             "and sample of one batch, in examples per second; compile s = the trainer's step's warm-up calls minus as many "
-             "median calls (N programs: it compiled N times before its input types settled).", "",
+             "and sample of one batch, in examples per second; compile s = CPU seconds of lowering and compiling the "
+             "trainer's step, ahead of time (the timed calls then run that executable: its outputs feed back in "
+             "without a second compile).", "",
              "| case | model | input, batch | params | train step ms | log_prob ms | sample ms | compile s | "
              "peak MB | load |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for c in _ok(results, "model") + _ok(results, "vector"):
