@@ -118,6 +118,7 @@ class ModelSpec:
     model_cfg: dict = field(default_factory=dict)
     batch: int | None = None
     compile_depth: tuple | None = None
+    compile_repeats: int = 1  # best of this many compiles at each depth (a CNN step compiles in ~15 s)
 
     @property
     def case_name(self) -> str:
@@ -127,8 +128,8 @@ class ModelSpec:
 MODEL_SPECS = [
     # 4 -> 16: two dense layers are not stacked (one (dense, activation) block is no run), so 2 -> 8
     # compares unrolled with scanned code, not depths
-    ModelSpec("selfnorm_fc_mnist", compile_depth=("num_layers", 4, 16)),
-    ModelSpec("exact_fc_mnist", compile_depth=("num_layers", 4, 16)),
+    ModelSpec("selfnorm_fc_mnist", compile_depth=("num_layers", 4, 16), compile_repeats=3),
+    ModelSpec("exact_fc_mnist", compile_depth=("num_layers", 4, 16), compile_repeats=3),
     ModelSpec("selfnorm_cnn_mnist", compile_depth=("layers_per_block", 3, 12)),
     ModelSpec("exact_cnn_mnist", compile_depth=("layers_per_block", 3, 12)),
     ModelSpec("emerging_cnn_mnist", compile_depth=("layers_per_block", 3, 12)),
@@ -159,19 +160,22 @@ def _preset(spec: ModelSpec, s: Settings):
     return model, dataclasses.replace(cfg, **overrides), data, train_cfg, shape, batch
 
 
-def _compile_depth(cfg, depth, optimizer, x, shape, s: Settings, known_s: float | None = None) -> dict:
-    """Compile CPU time at the shallow and deep setting of `depth`; `known_s`: the
-    step of `cfg` itself was compiled in that much (its setting is not compiled again)."""
+def _compile_depth(cfg, depth, optimizer, x, shape, s: Settings, known_s: float | None = None,
+                   repeats: int | None = None) -> dict:
+    """Compile CPU time at the shallow and deep setting of `depth`, best of `repeats`
+    (default `s.compile_repeats`); `known_s`: the step of `cfg` itself compiled in
+    that much, one of its setting's repeats."""
     import jax
 
     from zoo.bench.measure import compile_seconds
 
     field_name, shallow, deep = (depth[0], 1, 2) if s.quick else depth
-    known = {} if known_s is None or s.compile_repeats > 1 else {getattr(cfg, field_name): known_s}
+    repeats = 1 if s.quick else max(repeats or 1, s.compile_repeats)
+    known = {} if known_s is None else {getattr(cfg, field_name): known_s}
     seconds = compile_seconds(
         lambda v: dataclasses.replace(cfg, **{field_name: v}).build(input_shape=shape, key=jax.random.key(0)),
-        (shallow, deep), optimizer, x, repeats=s.compile_repeats, known=known)
-    return {"field": field_name, "shallow": shallow, "deep": deep, "shallow_s": seconds[shallow],
+        (shallow, deep), optimizer, x, repeats=repeats, known=known)
+    return {"field": field_name, "shallow": shallow, "deep": deep, "repeats": repeats, "shallow_s": seconds[shallow],
             "deep_s": seconds[deep], "ratio": seconds[deep] / seconds[shallow]}
 
 
@@ -196,7 +200,8 @@ def run_model(spec: ModelSpec, s: Settings) -> dict:
            "params": count_params(eqx.filter(model, eqx.is_inexact_array)), "timings": timings,
            "loss": _finite_loss(step.metrics())}
     if spec.compile_depth:
-        out["compile_depth"] = _compile_depth(cfg, spec.compile_depth, optimizer, x, shape, s, step.compile_cpu_s)
+        out["compile_depth"] = _compile_depth(cfg, spec.compile_depth, optimizer, x, shape, s, step.compile_cpu_s,
+                                              repeats=spec.compile_repeats)
     return out
 
 
@@ -305,8 +310,8 @@ def run_vector(family: str, dim: int, time_compile: bool, s: Settings) -> dict:
     if time_compile:  # from the default number of layers to 4x
         optimizer = make_optimizer(TrainConfig(lr=lr, batch_size=batch), steps_per_epoch=1, total_steps=1)
         depth = ("num_layers", cfg.num_layers, 4 * cfg.num_layers)
-        out["compile_depth"] = _compile_depth(cfg, depth, optimizer, x, (dim,), s,
-                                              zoo_thunks["train_step"].compile_cpu_s)
+        out["compile_depth"] = _compile_depth(cfg, depth, optimizer, x, (dim,), s,  # ~2 s a compile: best of 3
+                                              zoo_thunks["train_step"].compile_cpu_s, repeats=3)
     return out
 
 

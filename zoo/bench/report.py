@@ -89,14 +89,14 @@ def _compile_ratios(results: dict) -> list:
     cases = [c for c in results["cases"] if "compile_depth" in c and "error" not in c]
     if not cases:
         return []
-    n = results["settings"]["compile_repeats"]
     lines = ["**Compile time against depth**: CPU seconds of trace + lower + compile of the trainer's step, "
-             + (f"best of {n}" if n > 1 else "one compile each")
-             + ", deep / shallow (about 1: does not grow with depth).", "",
-             "| case | depth field | shallow → deep | compile CPU s | deep / shallow |", "|---|---|---:|---:|---:|"]
+             "the best of N compiles at each depth, deep / shallow (about 1: does not grow with depth).", "",
+             "| case | depth field | shallow → deep | N | compile CPU s | deep / shallow |",
+             "|---|---|---:|---:|---:|---:|"]
     for c in cases:
         d = c["compile_depth"]
-        lines.append(f"| {c['name']} | `{d['field']}` | {d['shallow']} → {d['deep']} | "
+        n = d.get("repeats", results["settings"]["compile_repeats"])
+        lines.append(f"| {c['name']} | `{d['field']}` | {d['shallow']} → {d['deep']} | {n} | "
                      f"{d['shallow_s']:.2f} → {d['deep_s']:.2f} | {fmt_ratio(d['ratio'])} |")
     return lines + [""]
 
