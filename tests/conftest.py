@@ -17,7 +17,11 @@ os.environ.setdefault("ZOO_CACHE_DIR", tempfile.mkdtemp(prefix="zoo-test-cache-"
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="zoo-test-xla-cache-")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+# Every program, however small: a CLI re-compiles the dozens of small op-by-op programs
+# that building and initialising a model take, each ~13 ms, and reading one back costs
+# ~1 ms, writing one ~2 ms (test_reliability's ctrl_c and two_runs tests: 42.7 -> 36.9
+# CPU s with 0 instead of 0.1).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 # With PYTHONDONTWRITEBYTECODE set (some CI images and sandboxes set it), every process
 # the suite starts -- the xdist workers and the ~90 CLIs -- compiles jax, equinox and
