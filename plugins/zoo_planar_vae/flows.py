@@ -64,10 +64,10 @@ def planar_u_hat(u: Array, w: Array) -> tuple[Array, Array]:
     return u_hat, s
 
 
-def _planar_jacobian_factor(t, s):
+def _planar_jacobian_factor(t, s, th=None):
     # 1 + u_hat.psi = 1 + (s - 1) sech^2(t) = tanh^2(t) + s sech^2(t): a sum of
-    # non-negative terms, so it never rounds to 0 or below.
-    th = jnp.tanh(t)
+    # non-negative terms, so it never rounds to 0 or below. `th`: tanh(t), when known.
+    th = jnp.tanh(t) if th is None else th
     sech2 = 1.0 - th * th
     return th * th + s * sech2
 
@@ -76,7 +76,8 @@ def planar(z: Array, u: Array, w: Array, b: Array) -> tuple[Array, Array]:
     """f(z) = z + u_hat tanh(w.z + b); returns (f(z), log|1 + u_hat.psi(z)|)."""
     u_hat, s = planar_u_hat(u, w)
     t = _dot(w, z) + b
-    return z + u_hat * jnp.tanh(t), jnp.log(_planar_jacobian_factor(t, s))
+    th = jnp.tanh(t)  # once: XLA does not merge the two tanh of the map and its log-det (nor their gradients)
+    return z + u_hat * th, jnp.log(_planar_jacobian_factor(t, s, th))
 
 
 def _planar_g(alpha, c, s, b):
