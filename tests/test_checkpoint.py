@@ -124,7 +124,7 @@ def test_nonfinite_steps_are_skipped_and_never_checkpointed(tmp_path):
 def _train_cmd(out, name, steps, *extra):
     return [sys.executable, "-m", "zoo.train", "--model", "realnvp", "--data", "moons", "--steps", str(steps),
             "--checkpoint-every", "50", "--eval-every", "0", "--out-dir", str(out), "--name", name, "--no-progress",
-            "--model-cfg.width", "256", "--batch-size", "256", "--num-samples", "4", *extra]
+            "--model-cfg.width", "64", "--batch-size", "64", "--num-samples", "4", *extra]
 
 
 def _final_params(run_dir, step):
@@ -133,7 +133,7 @@ def _final_params(run_dir, step):
 
 
 def test_killed_run_resumes_to_the_same_parameters(tmp_path):
-    steps = 300  # killed at the commit of step 100: 200 steps to spare
+    steps = 600  # killed at the commit of step 100: 500 steps (~3 s) to spare
     proc = subprocess.Popen(_train_cmd(tmp_path, "killed", steps), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     ckpt = tmp_path / "killed" / "checkpoints"
