@@ -339,8 +339,12 @@ def _cli_train(out, name, steps, *extra):
 
 
 def _train_cmd(out, name, *extra):
-    """A run long enough to be stopped midway (the last of a repeated flag wins)."""
-    return _cli_train(out, name, 1200, "--checkpoint-every", "400", "--log-interval", "50", *extra)
+    """A run long enough to be stopped midway: signalled at its first log (step 50), it has ~3 s
+    of steps left (the last of a repeated flag wins)."""
+    return _cli_train(out, name, STEPS, "--checkpoint-every", "400", "--log-interval", "50", *extra)
+
+
+STEPS = 600
 
 
 def _stop_midway(tmp_path, name, sig) -> tuple[int, str]:
@@ -366,17 +370,17 @@ def test_ctrl_c_and_sigterm_checkpoint_the_step_they_stop_at_and_resume_ends_whe
 
     full = subprocess.run(_train_cmd(tmp_path, "full"), env=ENV, capture_output=True, text=True, timeout=600)
     assert full.returncode == 0, full.stderr[-2000:]
-    want = _leaves(load_with_meta(tmp_path / "full" / "checkpoints" / "1200")[0])
+    want = _leaves(load_with_meta(tmp_path / "full" / "checkpoints" / str(STEPS))[0])
     for name, sig, by in (("ctrl_c", signal.SIGINT, ""), ("sigterm", signal.SIGTERM, "by SIGTERM ")):
         code, line = _stop_midway(tmp_path, name, sig)
         assert code == 128 + sig and line.startswith(f"zoo.train: interrupted {by}at step "), (code, line)
         step = int(line.split("at step ")[1].split(";")[0])
-        assert 50 <= step < 1200 and f"checkpoint {step} saved" in line and "continue with --resume" in line, line
+        assert 50 <= step < STEPS and f"checkpoint {step} saved" in line and "continue with --resume" in line, line
         assert (tmp_path / name / "checkpoints" / str(step)).is_dir()
         r = subprocess.run(_train_cmd(tmp_path, name, "--resume"), env=ENV, capture_output=True, text=True,
                            timeout=600)
         assert r.returncode == 0 and f"from step {step}" in r.stdout + r.stderr, r.stderr[-2000:]
-        got = _leaves(load_with_meta(tmp_path / name / "checkpoints" / "1200")[0])
+        got = _leaves(load_with_meta(tmp_path / name / "checkpoints" / str(STEPS))[0])
         assert all(np.array_equal(a, b) for a, b in zip(got, want)), name  # nothing lost, nothing changed
 
 
