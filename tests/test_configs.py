@@ -118,6 +118,8 @@ def test_architecture_trains_two_small_steps(presets):
         assert int(metrics["nonfinite"]) == 0, (presets, i)
     after = jax.tree.leaves(params)
     assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(before, after)), "no parameter changed"
+    # the state a step returns has the types it was given (no weak-typed init): one compile per run
+    assert step.jitted._cache_size() == 1, f"{presets}: the train step compiled {step.jitted._cache_size()} times"
 
 
 def test_every_preset_is_in_one_architecture():

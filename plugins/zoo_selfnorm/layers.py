@@ -186,7 +186,10 @@ def _conv_grad(h, w, k):
 
 
 def _snf_arrays(recon_loss_weight):
-    return jnp.asarray(float(recon_loss_weight)), jnp.asarray(-1.0)  # EMA < 0: not started
+    # Strongly typed, as a training step returns them: a weak-typed init made the
+    # trainer trace and compile its step a second time at step 2.
+    dtype = jnp.result_type(float)
+    return jnp.asarray(float(recon_loss_weight), dtype), jnp.asarray(-1.0, dtype)  # EMA < 0: not started
 
 
 # ------------------------------------------------------------------- dense
