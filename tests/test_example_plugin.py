@@ -93,6 +93,18 @@ CHECK_SCRIPT = textwrap.dedent(
     # The plugin's own tests, against the installed distribution.
     code = pytest.main(["-q", "-p", "no:cacheprovider", plugin_tests])
     assert code == 0, f"plugin test suite failed (pytest exit code {code}; 5 means no tests ran)"
+
+    # The plugin's model trains through the shared CLI, its fields as flags, and its
+    # checkpoint is sampled without naming the architecture (each main() exits non-zero on a failure).
+    from zoo.sample import main as sample_main
+    from zoo.train.cli import main as train_main
+
+    runs, grid = sys.argv[3], sys.argv[4]
+    train_main(["--model", "example_flow", "--data", "moons", "--steps", "30", "--eval-every", "0",
+                "--out-dir", runs, "--no-progress", "--model-cfg.num-blocks", "2"])
+    sample_main(["--checkpoint", str(Path(runs) / "example_flow-moons" / "checkpoints"), "--num", "100",
+                 "--out", grid])
+    print("CLI PASSED")
     """
 )
 
@@ -102,21 +114,14 @@ def test_separately_installed_plugin_is_discovered_and_works(installed_plugin, t
     script = tmp_path / "check_installed_plugin.py"
     script.write_text(CHECK_SCRIPT)
     pythonpath = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": pythonpath, "OPENBLAS_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "PYTHONPATH": pythonpath, "OPENBLAS_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu",
+           "WANDB_MODE": "disabled"}
+    runs, grid = tmp_path / "runs", tmp_path / "grid.png"
     # cwd is neither the repo nor the plugin source, so only installed code is importable.
-    proc = _run([sys.executable, str(script), str(site), str(src / "tests")], cwd=tmp_path, env=env)
-    assert "CHECKS PASSED" in proc.stdout
-
-    # The plugin's model trains through the shared CLI, its fields as flags,
-    # and its checkpoint is sampled without naming the architecture.
-    runs = tmp_path / "runs"
-    proc = _run([sys.executable, "-m", "zoo.train", "--model", "example_flow", "--data", "moons", "--steps", "30",
-                 "--eval-every", "0", "--out-dir", str(runs), "--no-progress", "--model-cfg.num-blocks", "2"],
-                cwd=tmp_path, env={**env, "WANDB_MODE": "disabled"})
+    proc = _run([sys.executable, str(script), str(site), str(src / "tests"), str(runs), str(grid)], cwd=tmp_path,
+                env=env)
+    assert "CHECKS PASSED" in proc.stdout and "CLI PASSED" in proc.stdout
     assert "example_flow on moons" in proc.stdout
-    grid = tmp_path / "grid.png"
-    _run([sys.executable, "-m", "zoo.sample", "--checkpoint", str(runs / "example_flow-moons" / "checkpoints"),
-          "--num", "100", "--out", str(grid)], cwd=tmp_path, env=env)
     assert grid.stat().st_size > 0
 
 
