@@ -36,10 +36,8 @@ def example_input(layer, shape=None, *, key=None):
     return jax.random.uniform(key, shape, minval=lo + pad, maxval=hi - pad)
 
 
-# Both in NumPy, then one transfer per leaf: jax would compile a cast, a multiply and an
-# add per parameter shape. The same IEEE operations, so the same values.
-
-
+# _to64 and _perturb work in NumPy, then transfer once per leaf: jax would compile a
+# cast, a multiply and an add per parameter shape. The same IEEE operations, so the same values.
 def _to64(tree):
     return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)) if eqx.is_inexact_array(a) else a, tree)
 
