@@ -54,7 +54,11 @@ def test_quick_json_structure(quick):
         if case["kind"] in ("model", "vector"):
             assert {"train_step", "log_prob", "sample"} <= set(case["timings"])
             assert case["params"] > 0
-            assert math.isfinite(case["compile_depth"]["ratio"])
+            depth = case["compile_depth"]
+            # the ratio is the median of paired rounds (one round in --quick), the seconds each depth's best
+            assert len(depth["rounds"]) == depth["repeats"] == 1
+            (shallow, deep), = depth["rounds"]
+            assert depth["ratio"] == deep / shallow and (depth["shallow_s"], depth["deep_s"]) == (shallow, deep)
         medians = list(_medians(case))
         assert medians, case["name"]
         for path, median in medians:
@@ -187,3 +191,23 @@ def test_warm_up_calls_until_nothing_new_compiles():
     assert (n, len(calls)) == (4, 4) and seconds >= 0
     calls.clear()
     assert stats.warm_up(fn)[1] == 2  # without a counter: the two calls
+
+
+def test_compile_pairs_alternate_and_time_each_setting_once_per_round():
+    import jax
+    import numpy as np
+    import optax
+
+    from zoo.bench.measure import compile_pairs
+    from zoo_classic.models import RealNVPConfig
+
+    built = []
+
+    def build(n):
+        built.append(n)
+        return RealNVPConfig(num_layers=n, width=4, depth=1, actnorm=False).build(input_shape=(2,), key=jax.random.key(0))
+
+    rounds = compile_pairs(build, (1, 2), optax.adam(1e-3), np.zeros((4, 2), np.float32), pairs=2)
+    assert sorted(built) == [1, 2]  # each model built once, compiled once per round
+    assert [list(r) for r in rounds] == [[2, 1], [1, 2]]  # the deep one first, then the order alternates
+    assert all(s > 0 for r in rounds for s in r.values())

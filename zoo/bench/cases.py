@@ -36,12 +36,12 @@ TIMESCALING_DIMS = (256, 1024, 4064)  # 4064: the largest D of the SNF paper's F
 @dataclass(frozen=True)
 class Settings:
     """How long to time: at least `steps` calls of each kind and `min_seconds`
-    of them in total; compile times are the best of `compile_repeats`."""
+    of them in total; compile depth ratios from at least `compile_repeats` paired rounds."""
 
     quick: bool = False
     steps: int = 20
     min_seconds: float = 0.5
-    compile_repeats: int = 1  # a CNN family's step takes ~15 s to compile: one each keeps the run in 20 min
+    compile_repeats: int = 1  # a CNN family's step takes ~15 s to compile: few rounds keep the run in 20 min
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,8 @@ class ModelSpec:
     model_cfg: dict = field(default_factory=dict)
     batch: int | None = None
     compile_depth: tuple | None = None
-    # best of this many compiles at each depth (a CNN step compiles in ~15 s): one compile of
-    # emerging_cnn gave 1.25 deep/shallow twice, the best of 3 gave 1.03
+    # rounds of (shallow, deep) compiles, the ratio their median (a CNN step compiles in ~15 s):
+    # one compile of emerging_cnn gave 1.25 deep/shallow twice, the best of 3 gave 1.03
     compile_repeats: int = 1
 
     @property
@@ -162,23 +162,26 @@ def _preset(spec: ModelSpec, s: Settings):
     return model, dataclasses.replace(cfg, **overrides), data, train_cfg, shape, batch
 
 
-def _compile_depth(cfg, depth, optimizer, x, shape, s: Settings, known_s: float | None = None,
-                   repeats: int | None = None) -> dict:
-    """Compile CPU time at the shallow and deep setting of `depth`, best of `repeats`
-    (default `s.compile_repeats`); `known_s`: the step of `cfg` itself compiled in
-    that much, one of its setting's repeats."""
+def _compile_depth(cfg, depth, optimizer, x, shape, s: Settings, pairs: int | None = None) -> dict:
+    """Compile CPU time at the shallow and deep setting of `depth` in `pairs` rounds
+    (default `s.compile_repeats`) of one compile each, taken back to back
+    (`measure.compile_pairs`): the ratio is the median of the rounds' deep / shallow,
+    the seconds the best of each setting."""
+    import statistics
+
     import jax
 
-    from zoo.bench.measure import compile_seconds
+    from zoo.bench.measure import compile_pairs
 
     field_name, shallow, deep = (depth[0], 1, 2) if s.quick else depth
-    repeats = 1 if s.quick else max(repeats or 1, s.compile_repeats)
-    known = {} if known_s is None else {getattr(cfg, field_name): known_s}
-    seconds = compile_seconds(
+    pairs = 1 if s.quick else max(pairs or 1, s.compile_repeats)
+    rounds = compile_pairs(
         lambda v: dataclasses.replace(cfg, **{field_name: v}).build(input_shape=shape, key=jax.random.key(0)),
-        (shallow, deep), optimizer, x, repeats=repeats, known=known)
-    return {"field": field_name, "shallow": shallow, "deep": deep, "repeats": repeats, "shallow_s": seconds[shallow],
-            "deep_s": seconds[deep], "ratio": seconds[deep] / seconds[shallow]}
+        (shallow, deep), optimizer, x, pairs=pairs)
+    return {"field": field_name, "shallow": shallow, "deep": deep, "repeats": pairs,
+            "shallow_s": min(r[shallow] for r in rounds), "deep_s": min(r[deep] for r in rounds),
+            "rounds": [[r[shallow], r[deep]] for r in rounds],
+            "ratio": statistics.median(r[deep] / r[shallow] for r in rounds)}
 
 
 def run_model(spec: ModelSpec, s: Settings) -> dict:
@@ -202,8 +205,8 @@ def run_model(spec: ModelSpec, s: Settings) -> dict:
            "params": count_params(eqx.filter(model, eqx.is_inexact_array)), "timings": timings,
            "loss": _finite_loss(step.metrics())}
     if spec.compile_depth:
-        out["compile_depth"] = _compile_depth(cfg, spec.compile_depth, optimizer, x, shape, s, step.compile_cpu_s,
-                                              repeats=spec.compile_repeats)
+        out["compile_depth"] = _compile_depth(cfg, spec.compile_depth, optimizer, x, shape, s,
+                                              pairs=spec.compile_repeats)
     return out
 
 
@@ -312,8 +315,7 @@ def run_vector(family: str, dim: int, time_compile: bool, s: Settings) -> dict:
     if time_compile:  # from the default number of layers to 4x
         optimizer = make_optimizer(TrainConfig(lr=lr, batch_size=batch), steps_per_epoch=1, total_steps=1)
         depth = ("num_layers", cfg.num_layers, 4 * cfg.num_layers)
-        out["compile_depth"] = _compile_depth(cfg, depth, optimizer, x, (dim,), s,  # ~2 s a compile: best of 3
-                                              zoo_thunks["train_step"].compile_cpu_s, repeats=3)
+        out["compile_depth"] = _compile_depth(cfg, depth, optimizer, x, (dim,), s, pairs=3)  # ~2-3 s a compile
     return out
 
 

@@ -20,7 +20,7 @@ from zoo.flow import call_with_key
 from zoo.train.loop import global_batch, init_opt_state, make_mesh, make_train_step
 
 __all__ = ["count_params", "image_batch", "vector_batch", "train_step", "hand_step", "log_prob", "sample",
-           "compile_seconds"]
+           "compile_pairs"]
 
 
 def count_params(params) -> int:
@@ -52,8 +52,7 @@ def train_step(model, optimizer, x, *, seed: int = 0, ahead_of_time: bool = Fals
     loss, gradients, the optimizer, the non-finite guard and the models' hooks) on a
     one-device mesh, as a thunk; `thunk.metrics()` holds the last call's metrics.
     With `ahead_of_time` the step is lowered and compiled first and that executable
-    is called: `thunk.compile_cpu_s` is its CPU time, as `compile_seconds` counts
-    (a case that times the preset's compile anyway need not compile it twice)."""
+    is called: `thunk.compile_cpu_s` is its CPU time, as `compile_pairs` counts."""
     mesh = make_mesh(jax.devices()[:1])
     params, static = eqx.partition(model, eqx.is_inexact_array)
     step = make_train_step(static, optimizer, mesh)
@@ -131,26 +130,29 @@ def sample(model, num: int, *, seed: int = 0):
     return lambda: jax.block_until_ready(fn(keys))
 
 
-def compile_seconds(build, values, optimizer, x, *, repeats: int, known: dict | None = None) -> dict:
-    """{value: seconds}: CPU time (this process, all threads) of trace + lower +
-    compile of the trainer's step for the model `build(value)`, a fresh jit each
-    time (no cache hit: the persistent compilation cache is off in a case
-    process), the values taken in turn `repeats` times; the minimum of each.
-    `known` ({value: seconds}, measured the same way) counts as one of its repeats.
-    CPU time, not wall time: on shared cores another process stretches the wall
-    time of a compile by up to 2x but hardly its CPU time."""
+def compile_pairs(build, values, optimizer, x, *, pairs: int) -> list[dict]:
+    """[{value: seconds}, ...]: `pairs` rounds, each compiling the trainer's step for
+    the models `build(value)` of both `values` back to back (a fresh jit each, no
+    cache hit: the persistent compilation cache is off in a case process), the
+    order alternating from round to round, the second value first. Seconds are CPU
+    time of trace + lower + compile (this process, all threads): on shared cores
+    another process stretches the wall time of a compile by up to 2x but hardly its
+    CPU time. The two compiles of a round are taken together so that their ratio
+    is not skewed by a machine that slows down or speeds up during the case (the
+    best of each value over the whole case once gave nsf 1.47 where its paired
+    compiles gave 0.94-1.01 in eight rounds)."""
     mesh = make_mesh(jax.devices()[:1])
     xs, mask = global_batch(mesh, x), global_batch(mesh, np.ones(len(x), bool))
-    known = dict(known or {})
-    models = {v: eqx.partition(build(v), eqx.is_inexact_array) for v in values if v not in known or repeats > 1}
-    best = {v: known.get(v, math.inf) for v in values}
-    for r in range(repeats):
-        for v, (params, static) in models.items():
-            if v in known and r == repeats - 1:
-                continue  # the known time is one of its repeats
+    models = {v: eqx.partition(build(v), eqx.is_inexact_array) for v in values}
+    rounds = []
+    for r in range(pairs):
+        seconds = {}
+        for v in (values[::-1] if r % 2 == 0 else values):
+            params, static = models[v]
             step = make_train_step(static, optimizer, mesh)
             t0 = time.process_time()
             step.jitted.lower(params, init_opt_state(optimizer, params), xs, mask, jax.random.key(0),
                               jnp.int32(0)).compile()
-            best[v] = min(best[v], time.process_time() - t0)
-    return best
+            seconds[v] = time.process_time() - t0
+        rounds.append(seconds)
+    return rounds

@@ -90,7 +90,8 @@ def _compile_ratios(results: dict) -> list:
     if not cases:
         return []
     lines = ["**Compile time against depth**: CPU seconds of trace + lower + compile of the trainer's step, "
-             "the best of N compiles at each depth, deep / shallow (about 1: does not grow with depth).", "",
+             "N rounds of one compile at each depth taken back to back: the best time of each depth, and the median "
+             "of the rounds' deep / shallow (about 1: does not grow with depth).", "",
              "| case | depth field | shallow → deep | N | compile CPU s | deep / shallow |",
              "|---|---|---:|---:|---:|---:|"]
     for c in cases:
