@@ -76,3 +76,29 @@ def test_the_convolution_is_chosen_by_backend_and_can_be_overridden(monkeypatch)
     monkeypatch.setenv("ZOO_CONV_IMPL", "cudnn")
     with pytest.raises(ValueError, match="shifted"):
         nn.current_conv_impl()
+
+
+def test_relu_equals_jax_relu_in_value_and_both_modes_and_keeps_no_mask_for_the_backward_pass():
+    from zoo.nn import relu
+
+    x = jnp.array([-2.0, -0.0, 0.0, 1e-30, 3.0])
+    np.testing.assert_array_equal(relu(x), jax.nn.relu(x))
+    f = lambda fn: lambda v: jnp.sum(jnp.sin(3 * fn(v)) * v)  # noqa: E731  a non-linear use of the output
+    np.testing.assert_array_equal(jax.grad(f(relu))(x), jax.grad(f(jax.nn.relu))(x))  # derivative 0 at 0
+    np.testing.assert_array_equal(jax.jacfwd(relu)(x), jax.jacfwd(jax.nn.relu)(x))
+    np.testing.assert_array_equal(jax.hessian(f(relu))(x), jax.hessian(f(jax.nn.relu))(x))
+
+    # what linearising a two-layer net keeps for the backward pass: with jax.nn.relu a boolean
+    # mask beside each activation's output, with zoo's relu only float arrays
+    w = jax.random.normal(jax.random.key(0), (4, 5))
+
+    def net(fn):
+        return lambda v: jnp.sum(w @ fn(w.T @ fn(w @ v)))
+
+    def kept(fn):
+        _, lin = jax.linearize(net(fn), x)
+        return [a.dtype for a in jax.tree.leaves(lin) if hasattr(a, "dtype")]
+
+    assert jnp.bool_ in kept(jax.nn.relu)
+    assert jnp.bool_ not in kept(relu)
+    assert len(kept(relu)) < len(kept(jax.nn.relu))

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-__all__ = ["Conv2d", "init_conv", "conv_impl", "current_conv_impl", "conv_impl_override", "lax_conv_same"]
+__all__ = ["relu", "Conv2d", "init_conv", "conv_impl", "current_conv_impl", "conv_impl_override", "lax_conv_same"]
 
 CONV_IMPLS = ("shifted", "lax")
 _override: list[str] = []
@@ -51,6 +51,33 @@ def lax_conv_same(x: Array, kernel: Array) -> Array:
     pad = ((kh // 2, kh // 2), (kw // 2, kw // 2))
     return jax.lax.conv_general_dilated(x[None], kernel.astype(x.dtype), (1, 1), pad,
                                         dimension_numbers=("NCHW", "OIHW", "NCHW"))[0]
+
+
+@jax.custom_jvp
+def relu(x: Array) -> Array:
+    """max(x, 0), as `jax.nn.relu` (derivative 0 at 0), whose derivative is read back
+    from its output. In reverse mode JAX keeps the inputs of what the backward pass
+    needs: for `jax.nn.relu` the mask x > 0 beside the output, which the next
+    layer's weight gradient keeps anyway. Here the mask is recomputed from that
+    output in the backward pass, fused into its elementwise work: inside a scanned
+    stack one stored array (and its per-layer write) fewer per activation
+    (RealNVP D = 16 training step: ~3 % faster). Forward mode works as usual."""
+    return jnp.maximum(x, 0)
+
+
+def _relu_tangent(y, t):
+    return jnp.where(y > 0, t, jnp.zeros_like(t))
+
+
+# rematerialised: linearising keeps its input y (the output above), not the mask it computes
+_relu_tangent_from_output = jax.checkpoint(_relu_tangent, prevent_cse=False)
+
+
+@relu.defjvp
+def _relu_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    y = relu(x)  # not jnp.maximum: differentiating this rule again (Hessians) must see derivative 0 at 0 too
+    return y, _relu_tangent_from_output(y, t)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ import numpy as np
 from jax import Array
 
 from zoo.bijections.base import Bijection
+from zoo.nn import relu
 
 __all__ = ["MaskedLinear", "MADE", "MaskedAffine"]
 
@@ -106,7 +107,7 @@ class MADE(eqx.Module):
         else:
             h = x
         for layer in self.layers[:-1]:
-            h = jax.nn.relu(layer(h))
+            h = relu(layer(h))
         return self.layers[-1](h).reshape(self.num_params, x.shape[0])
 
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from zoo.bijections.base import Bijection
-from zoo.nn import Conv2d
+from zoo.nn import Conv2d, relu
 from zoo.bijections.spline import IDENTITY_DERIVATIVE, num_spline_params, rq_spline
 
 __all__ = [
@@ -39,7 +39,7 @@ class MLPConditioner(eqx.Module):
     mlp: eqx.nn.MLP
 
     def __init__(self, in_size, out_size, *, width=64, depth=2, key):
-        mlp = eqx.nn.MLP(in_size, out_size, width, depth, activation=jax.nn.relu, key=key)
+        mlp = eqx.nn.MLP(in_size, out_size, width, depth, activation=relu, key=key)
         last = mlp.layers[-1]
         mlp = eqx.tree_at(
             lambda m: (m.layers[-1].weight, m.layers[-1].bias),
@@ -68,8 +68,8 @@ class ConvConditioner(eqx.Module):
         self.conv_out = Conv2d(width, out_channels, 3, key=k3, zero_init=True)
 
     def __call__(self, x):
-        h = jax.nn.relu(self.conv_in(x))
-        h = jax.nn.relu(self.conv_mid(h))
+        h = relu(self.conv_in(x))
+        h = relu(self.conv_mid(h))
         return self.conv_out(h)
 
 
