@@ -16,11 +16,13 @@ from zoo.pretrained import CARD_KEYS, archive_of
 
 
 def _bundled_eval(name, card, model, meta):
-    """Evaluate on a few hundred bundled images (no download) or, for toy data, its own test split."""
+    """Evaluate on a few hundred bundled images (no download) or, for toy data, its own test split.
+    The 300 images go in one batch: in the default batch of 256 the second batch would compute 212
+    padding rows too (exponential_cnn.mnist: 11.9 -> 7.4 CPU s)."""
     from zoo.evaluate import evaluate_checkpoint
 
     if tuple(card["input_shape"]) == (1, 28, 28):
-        return evaluate_checkpoint(model, meta, data="mnist_bundled", split="test", max_examples=300)
+        return evaluate_checkpoint(model, meta, data="mnist_bundled", split="test", max_examples=300, batch=300)
     return evaluate_checkpoint(model, meta, split="test")
 
 
