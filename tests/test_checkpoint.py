@@ -23,6 +23,7 @@ import zoo
 from zoo.checkpoint import CheckpointError, Checkpoints, CorruptCheckpointWarning, load_with_meta
 from zoo.sample import main as sample_main
 from zoo.train import TrainConfig, train
+from zoo.train.cli import main as train_main
 from zoo.train.loop import TrainingDiverged
 
 ENV = {**os.environ, "WANDB_MODE": "disabled", "OPENBLAS_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu"}
@@ -133,7 +134,7 @@ def _final_params(run_dir, step):
     return _leaves(model)
 
 
-def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, capsys):
     steps = 600  # killed at the commit of step 100: 500 steps (~3 s) to spare
     proc = subprocess.Popen(_train_cmd(tmp_path, "killed", steps), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -147,12 +148,13 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     proc.wait()
     assert not (ckpt / str(steps)).exists(), "the run finished before it was killed"
 
-    r = subprocess.run(_train_cmd(tmp_path, "killed", steps, "--resume"), env=ENV, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert "resuming" in r.stdout
-    assert f"left locked by pid {proc.pid}" in r.stderr  # the killed run's lock: reported, taken over
-    r = subprocess.run(_train_cmd(tmp_path, "whole", steps), env=ENV, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    # the resumed and the uninterrupted run are expected to succeed: their main() runs in this process
+    capsys.readouterr()
+    train_main(_train_cmd(tmp_path, "killed", steps, "--resume")[3:])  # a failure raises SystemExit
+    out, err = capsys.readouterr()
+    assert "resuming" in out
+    assert f"left locked by pid {proc.pid}" in err  # the killed run's lock: reported, taken over
+    train_main(_train_cmd(tmp_path, "whole", steps)[3:])
     for a, b in zip(_final_params(tmp_path / "killed", steps), _final_params(tmp_path / "whole", steps)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
