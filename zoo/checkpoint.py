@@ -42,7 +42,6 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from zoo._cli import Failure
 
@@ -206,7 +205,16 @@ def abstract_model(name: str, model_cfg, input_shape):
     return eqx.filter_eval_shape(lambda: model_cfg.build(input_shape=tuple(input_shape), key=jax.random.key(0)))
 
 
+def _ocp():
+    """orbax.checkpoint, imported on first use: ~0.25 s of CPU that a command
+    which fails before reading or writing a checkpoint (or prints --help) skips."""
+    import orbax.checkpoint
+
+    return orbax.checkpoint
+
+
 def _checkpointer():
+    ocp = _ocp()
     return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
 
 
@@ -236,6 +244,7 @@ def save_pretrained(model, path, *, config, input_shape, name: str | None = None
     # Written beside the old one and swapped in: a failed save leaves the old one whole.
     new = path.with_name(f"{path.name}.saving-{os.getpid()}")
     shutil.rmtree(new, ignore_errors=True)
+    ocp = _ocp()
     try:
         _checkpointer().save(new, args=ocp.args.Composite(model=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)))
     except Exception as e:
@@ -299,6 +308,7 @@ def _restore_model(path: Path, meta: dict, sharding=None):
     # onto this machine's first device, whatever topology it was saved from
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = _abstract(model_arrays(abstract), sharding)
+    ocp = _ocp()
     try:
         restored = _checkpointer().restore(path, args=ocp.args.Composite(model=ocp.args.StandardRestore(target)))
     except Exception as e:
@@ -481,7 +491,8 @@ class Checkpoints:
     aside (`N.corrupt`, never deleted) so that the run can save step N again."""
 
     def __init__(self, directory, *, keep: int = 3, create: bool = True, asynchronous: bool = True):
-        from orbax.checkpoint import checkpoint_managers as cm
+        ocp = _ocp()
+        cm = ocp.checkpoint_managers
 
         self.directory = Path(directory).absolute()
         if not create and not self.directory.is_dir():
@@ -510,6 +521,7 @@ class Checkpoints:
         meta = {**meta, "digests": {"model": _digests(host), "opt_state": array_digests(opt_state)}}
         self.wait()
         metrics = None if validation_nll is None else {"validation_nll": float(validation_nll)}
+        ocp = _ocp()
         try:
             saved = self.manager.save(
                 step,
@@ -590,6 +602,7 @@ class Checkpoints:
 
     def _restore_step(self, s: int, arrays_target, opt_target, static) -> Restored:
         meta = read_meta(self.step_dir(s))
+        ocp = _ocp()
         out = self.manager.restore(
             s,
             args=ocp.args.Composite(
