@@ -85,8 +85,15 @@ def main():
     ap.add_argument("--case", default="realnvp_d16", help="a vector case of python -m zoo.bench (FAMILY_dD)")
     ap.add_argument("--steps", type=int, default=100)
     args = ap.parse_args()
-    family, dim = args.case.rsplit("_d", 1)
-    from zoo.bench import vs_flowjax as fj
+    family, _, dim = args.case.rpartition("_d")
+    if family not in ("realnvp", "maf", "nsf", "planar") or not dim.isdigit():
+        raise SystemExit(f"profile_vs_flowjax: error: --case {args.case!r} is not a vector case; "
+                         "use realnvp_d16, nsf_d64, ... (python -m zoo.bench --list)")
+    try:
+        from zoo.bench import vs_flowjax as fj
+    except ImportError as e:
+        raise SystemExit(f"profile_vs_flowjax: error: flowjax is not importable ({e}); "
+                         "install it with: uv pip install -e '.[bench]'") from None
 
     cfg = cases._vector_cfg(family, cases.Settings())
     x = measure.vector_batch(int(dim), cases.VECTOR_BATCH)
