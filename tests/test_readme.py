@@ -101,7 +101,8 @@ BLOCKS = parse_readme(README.read_text())
 
 # One interpreter for all python blocks: blocks exec in fresh namespaces; replies come on a pipe.
 DRIVER = r"""
-import json, os, sys, traceback
+import gc, json, os, sys, traceback
+gc.set_threshold(50_000, 50, 100)  # as in the test processes (conftest.py): -0.7 CPU s over the blocks
 replies = os.fdopen(int(sys.argv[1]), "w")
 for line in sys.stdin:
     block = json.loads(line)
